@@ -1,0 +1,70 @@
+"""The training state and one jitted training step; evaluation.
+
+The loop around them (data, checkpoints, metrics) lives in bnn/experiment.py.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array   # for stochastic gradient quantizers (the "gradient" RNG stream)
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       example_input: jax.Array, seed: int) -> TrainState:
+  init_key, rng = jax.random.split(jax.random.key(seed))
+  variables = model.init({"params": init_key, "gradient": init_key}, example_input, train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params), rng=rng)
+
+
+def loss_fn(model: nn.Module, params, batch_stats, images, labels, rng):
+  """Mean cross-entropy in training mode; returns (loss, (logits, new batch_stats))."""
+  (logits, loss), updates = model.apply(
+      {"params": params, "batch_stats": batch_stats}, images, labels, train=True,
+      mutable=["batch_stats"], rngs={"gradient": rng})
+  return loss, (logits, updates["batch_stats"])
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
+  """step(state, images, labels) -> (state, metrics); jitted, the state donated."""
+
+  def step(state: TrainState, images, labels):
+    rng, step_rng = jax.random.split(state.rng)
+    grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
+    (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats,
+                                                  images, labels, step_rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state, rng=rng), metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+  """eval(state, images, labels) -> dict of summed loss, correct count and count."""
+
+  def evaluate(state: TrainState, images, labels):
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         images, train=False)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {"loss_sum": loss.sum(), "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+            "count": jnp.asarray(labels.shape[0])}
+
+  return jax.jit(evaluate)

@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from bnn import memory, train
+from bnn.models import MLP
+
+BATCH = 37  # not a layer width, so "leading dimension == batch" means per example
+
+
+def _residuals(method, **kw):
+  model = MLP(method=method, **kw)
+  x = jax.random.uniform(jax.random.key(0), (BATCH, 784), minval=-1, maxval=1)
+  labels = jnp.arange(BATCH) % 10
+  variables = model.init(jax.random.key(1), x, train=False)
+
+  def loss(params, x):
+    (_, loss), _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                               x, labels, train=True, mutable=["batch_stats"])
+    return loss
+
+  return memory.per_example(memory.saved_residuals(loss, variables["params"], x), BATCH)
+
+
+@pytest.mark.parametrize("kw", [{}, {"grad_quantizer": "po2(bits=4, bias=8)",
+                                     "bn_grad_quantizer": "identity"}])
+def test_proposed_mlp_keeps_only_bits_per_example(kw):
+  kept = _residuals("proposed", **kw)
+  floats = [r for r in kept if r.is_float and r.source != "from the argument x"]
+  assert floats == [], floats
+  packed = [r for r in kept if r.dtype == np.uint8]
+  # per hidden layer: BN sign bits, sign mask, next dense's packed input (32 bytes each)
+  assert len(packed) >= 3 * 4
+  assert all(r.shape[-1] <= 32 for r in packed)
+
+
+def test_standard_mlp_keeps_float32_per_example():
+  kept = _residuals("standard")
+  floats = [r for r in kept if r.is_float and r.source != "from the argument x"]
+  assert sum(r.nbytes for r in floats) >= 4 * BATCH * 256 * 4
+
+
+def _digits():
+  x, y = load_digits(return_X_y=True)
+  x = (x / 8.0 - 1.0).astype(np.float32)  # pixels 0..16 -> [-1, 1]
+  return train_test_split(x, y.astype(np.int32), test_size=0.2, random_state=0, stratify=y)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("method", ["standard", "proposed"])
+def test_mlp_learns_digits(method):
+  x_train, x_test, y_train, y_test = _digits()
+  model = MLP(method=method)
+  tx = optax.adam(1e-3)
+  state = train.create_train_state(model, tx, x_train[:2], seed=0)
+  step = train.make_train_step(model, tx)
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    order = rng.permutation(len(x_train))
+    for i in range(0, len(order) - 99, 100):
+      idx = order[i:i + 100]
+      state, metrics = step(state, x_train[idx], y_train[idx])
+  assert np.isfinite(float(metrics["loss"]))
+  result = train.make_eval_step(model)(state, x_test, y_test)
+  accuracy = float(result["correct"]) / float(result["count"])
+  print(f"{method}: digits test accuracy {accuracy:.4f}")
+  assert accuracy > 0.85
