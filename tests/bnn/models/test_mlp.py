@@ -1,12 +1,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
-from bnn import memory, train
+from bnn import digits, memory
 from bnn.models import MLP
 
 BATCH = 37  # not a layer width, so "leading dimension == batch" means per example
@@ -44,28 +41,9 @@ def test_standard_mlp_keeps_float32_per_example():
   assert sum(r.nbytes for r in floats) >= 4 * BATCH * 256 * 4
 
 
-def _digits():
-  x, y = load_digits(return_X_y=True)
-  x = (x / 8.0 - 1.0).astype(np.float32)  # pixels 0..16 -> [-1, 1]
-  return train_test_split(x, y.astype(np.int32), test_size=0.2, random_state=0, stratify=y)
-
-
 @pytest.mark.real_data
 @pytest.mark.parametrize("method", ["standard", "proposed"])
 def test_mlp_learns_digits(method):
-  x_train, x_test, y_train, y_test = _digits()
-  model = MLP(method=method)
-  tx = optax.adam(1e-3)
-  state = train.create_train_state(model, tx, x_train[:2], seed=0)
-  step = train.make_train_step(model, tx)
-  rng = np.random.default_rng(0)
-  for _ in range(40):
-    order = rng.permutation(len(x_train))
-    for i in range(0, len(order) - 99, 100):
-      idx = order[i:i + 100]
-      state, metrics = step(state, x_train[idx], y_train[idx])
-  assert np.isfinite(float(metrics["loss"]))
-  result = train.make_eval_step(model)(state, x_test, y_test)
-  accuracy = float(result["correct"]) / float(result["count"])
+  accuracy = digits.train_and_evaluate(method, epochs=40, seed=0)
   print(f"{method}: digits test accuracy {accuracy:.4f}")
   assert accuracy > 0.85
