@@ -1,0 +1,161 @@
+"""Binary 2-D convolution y = conv(x, sign(W)), x NHWC, W HWIO -> y NHWC, without bias.
+
+standard: autodiff of the float formulation (x kept in float32 for the backward).
+proposed: a custom_vjp that keeps x bit-packed along the channels (or, for the first
+layer, nothing new: x is the input batch) and recomputes sign(W) from the latent W:
+  dy' = grad_quantizer(dy)
+  dx  = conv_transpose(dy', sign(W))                  the transpose of x -> conv(x, sign(W))
+  dW  = proposed_weight_grad(correlate(x, dy'))       the transpose of W -> conv(x, W)
+(x = +-1 except in the first layer). Both transposes are taken exactly, with
+jax.linear_transpose of the same linear conv as the forward, so every kernel size,
+stride and padding is handled by one code path.
+
+Padding is zero padding of the layer's input: padded positions contribute 0 to y
+(and to dW), they are not sign(0) = +1. SAME follows XLA/TensorFlow: total padding
+max((ceil(n / s) - 1) * s + k - n, 0) per spatial axis, the smaller half before.
+"""
+from __future__ import annotations
+
+import functools
+import operator
+
+import jax
+import jax.numpy as jnp
+
+from bnn.ops import common
+from quantizers import GradientQuantizer, pack, sign, unpack
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def binary_conv(x: jax.Array, w: jax.Array, *, method: str, strides=1, padding="SAME",
+                first_layer: bool = False, grad_quantizer=None, weight_grad_quantizer=None,
+                key: jax.Array | None = None) -> jax.Array:
+  """x: (batch, height, width, c_in), w: (kh, kw, c_in, c_out) latent weights
+  -> (batch, out_height, out_width, c_out).
+
+  strides: an int or a pair (vertical, horizontal) of positive ints.
+  padding: "SAME", "VALID", a non-negative int (all four sides), or
+  ((top, bottom), (left, right)).
+  first_layer: x is real (the input batch), not +-1; it is then used as is.
+  grad_quantizer: applied to dy on entry to the backward (proposed only).
+  weight_grad_quantizer: maps the raw weight gradient (proposed only; default
+  sign_scaled, N = kh * kw * c_in * c_out). key: PRNG key, needed by stochastic
+  gradient quantizers.
+  """
+  common.check_method(method)
+  strides = _strides(strides)
+  pads = _check_shapes(x.shape, w.shape, strides, padding)
+  gq = common.gradient_quantizer(grad_quantizer, method, "identity", "grad_quantizer")
+  wq = common.gradient_quantizer(weight_grad_quantizer, method, "sign_scaled",
+                                 "weight_grad_quantizer")
+  if method == "standard":
+    return _conv(x, common.binarize_weights_ste(w).astype(x.dtype), strides, pads)
+  common.check_key(gq, key, "grad_quantizer")
+  return _proposed(bool(first_layer), strides, pads, gq, wq)(x, w, key)
+
+
+def _conv(x, w, strides: tuple[int, int], pads: Pads):
+  return jax.lax.conv_general_dilated(x, w, strides, pads,
+                                      dimension_numbers=_DIMENSION_NUMBERS)
+
+
+@functools.lru_cache(maxsize=None)
+def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
+              gq: GradientQuantizer, wq: GradientQuantizer):
+  conv = functools.partial(_conv, strides=strides, pads=pads)
+
+  @jax.custom_vjp
+  def binary(x, w, key):
+    return conv(x, sign(w).astype(x.dtype))
+
+  def fwd(x, w, key):
+    kept = x if first_layer else pack(x)
+    return binary(x, w, key), (kept, w, key)
+
+  def bwd(res, dy):
+    kept, w, key = res
+    x = kept if first_layer else unpack(kept, w.shape[2], dy.dtype)
+    dy = gq(dy, key)
+    wb = sign(w).astype(dy.dtype)
+    dx, = jax.linear_transpose(lambda a: conv(a, wb), x)(dy)
+    dw_raw, = jax.linear_transpose(lambda b: conv(x, b), wb)(dy)
+    return dx.astype(x.dtype), common.proposed_weight_grad(dw_raw, w, wq), None
+
+  binary.defvjp(fwd, bwd)
+  return binary
+
+
+def _int(v) -> int | None:
+  """v as a Python int, or None when v is not an integer (bools are not integers here)."""
+  if isinstance(v, bool):
+    return None
+  try:
+    return operator.index(v)
+  except TypeError:
+    return None
+
+
+def _strides(strides) -> tuple[int, int]:
+  pair = (strides, strides) if _int(strides) is not None else strides
+  try:
+    s = tuple(_int(v) for v in pair)
+  except TypeError:
+    s = ()
+  if len(s) != 2 or any(v is None or v < 1 for v in s):
+    raise ValueError(f"binary_conv: strides={strides!r}; expected a positive int or a pair "
+                     f"(vertical, horizontal) of positive ints")
+  return s
+
+
+def _same(n: int, k: int, s: int) -> tuple[int, int]:
+  total = max((-(-n // s) - 1) * s + k - n, 0)
+  return total // 2, total - total // 2
+
+
+def _padding(padding, in_hw, kernel_hw, strides) -> Pads:
+  expected = ("expected 'SAME', 'VALID', a non-negative int or "
+              "((top, bottom), (left, right)) of non-negative ints")
+  if isinstance(padding, str):
+    if padding.upper() == "VALID":
+      return (0, 0), (0, 0)
+    if padding.upper() == "SAME":
+      return tuple(_same(n, k, s) for n, k, s in zip(in_hw, kernel_hw, strides))
+    raise ValueError(f"binary_conv: padding={padding!r}; {expected}")
+  p = _int(padding)
+  if p is not None:
+    if p < 0:
+      raise ValueError(f"binary_conv: padding={padding!r}; {expected}")
+    return (p, p), (p, p)
+  try:
+    pads = tuple(tuple(_int(v) for v in pair) for pair in padding)
+  except TypeError:
+    pads = ()
+  if (len(pads) != 2 or any(len(pair) != 2 for pair in pads)
+      or any(v is None or v < 0 for pair in pads for v in pair)):
+    raise ValueError(f"binary_conv: padding={padding!r}; {expected}")
+  return pads
+
+
+def _check_shapes(x_shape, w_shape, strides, padding) -> Pads:
+  """Validates x (NHWC) and w (HWIO) and returns the padding as explicit pairs."""
+  if len(x_shape) != 4:
+    raise ValueError(f"binary_conv: x has shape {tuple(x_shape)}; expected 4-D NHWC "
+                     f"(batch, height, width, channels)")
+  if len(w_shape) != 4:
+    raise ValueError(f"binary_conv: w has shape {tuple(w_shape)}; expected 4-D HWIO "
+                     f"(kernel_height, kernel_width, c_in, c_out)")
+  if x_shape[3] != w_shape[2]:
+    raise ValueError(f"binary_conv: x has {x_shape[3]} channels (shape {tuple(x_shape)}) but "
+                     f"w expects c_in={w_shape[2]} (shape {tuple(w_shape)}, HWIO)")
+  if min(w_shape[:2]) < 1:
+    raise ValueError(f"binary_conv: w has shape {tuple(w_shape)}; the kernel must be at "
+                     f"least 1x1")
+  pads = _padding(padding, x_shape[1:3], w_shape[:2], strides)
+  for axis, n, k, (lo, hi) in zip(("height", "width"), x_shape[1:3], w_shape[:2], pads):
+    if n + lo + hi < k:
+      raise ValueError(f"binary_conv: kernel {axis} {k} is larger than the padded input "
+                       f"{axis} {n} + {lo} + {hi} = {n + lo + hi} (x {tuple(x_shape)}, "
+                       f"w {tuple(w_shape)}, padding={padding!r})")
+  return pads
