@@ -1,18 +1,41 @@
-"""Trains the paper's binary MLP on scikit-learn's 8x8 digits with both methods and
-prints both test accuracies. (The experiments issue replaces this with configs.)"""
-from absl import app, flags
+"""Runs one experiment: python main.py --config configs/<x>.py[:variant] --workdir DIR.
 
-flags.DEFINE_integer("epochs", 40, "Training epochs for each method.")
-flags.DEFINE_integer("seed", 0, "Random seed.")
+Overrides: --config.optimizer.lr=3e-4 --config.model.grad_quantizer='po2(bits=5)'.
+"""
+import json
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
+                                "Experiment config file, optionally with :variant.")
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and curves go here "
+                    "(default: workdirs/<config file name>).")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-  del argv
-  from bnn import digits
-  for method in ("standard", "proposed"):
-    accuracy = digits.train_and_evaluate(method, epochs=FLAGS.epochs, seed=FLAGS.seed)
-    print(f"{method:>9}: digits test accuracy {accuracy:.2%}")
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every step at INFO
+  from bnn import experiment
+  config = FLAGS.config
+  workdir = FLAGS.workdir or f"workdirs/{config_flags.get_config_filename(FLAGS['config'])}"
+  workdir = workdir.replace("configs/", "").replace(".py", "")
+  print(f"config:\n{config}")
+  print(f"workdir: {workdir}")
+  if FLAGS.mode == "train":
+    results = experiment.train_and_evaluate(config, workdir)
+    print(f"test accuracy: {results['test']['accuracy']:.4f} (final state)")
+    if "best_test" in results:
+      print(f"test accuracy: {results['best_test']['accuracy']:.4f} "
+            f"(best validation checkpoint, step {results['best_step']})")
+    print(f"curves: {workdir}/curves.png; metrics: {workdir}/metrics.jsonl, "
+          f"{workdir}/tensorboard; checkpoints: {workdir}/checkpoints, {workdir}/best")
+  else:
+    print(json.dumps(experiment.evaluate(config, workdir), indent=2))
 
 
 if __name__ == "__main__":

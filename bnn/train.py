@@ -19,21 +19,31 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  rng: jax.Array   # for stochastic gradient quantizers (the "gradient" RNG stream)
+  rng: jax.Array      # raw uint32 key, for stochastic gradient quantizers ("gradient" stream)
+  monitor: jax.Array  # latest validation error, the value the plateau schedule watches
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        example_input: jax.Array, seed: int) -> TrainState:
-  init_key, rng = jax.random.split(jax.random.key(seed))
+  init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init({"params": init_key, "gradient": init_key}, example_input, train=False)
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=rng)
+                    opt_state=tx.init(params), rng=rng, monitor=jnp.ones((), jnp.float32))
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> [-1, 1]; floats pass through (already scaled)."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) * (1 / 127.5) - 1
+  return images
 
 
 def loss_fn(model: nn.Module, params, batch_stats, images, labels, rng):
-  """Mean cross-entropy in training mode; returns (loss, (logits, new batch_stats))."""
+  """Mean cross-entropy in training mode; returns (loss, (logits, new batch_stats)).
+  images: uint8 pixels (scaled here, inside the jitted step) or floats in [-1, 1]."""
+  images = to_float(images)
   (logits, loss), updates = model.apply(
       {"params": params, "batch_stats": batch_stats}, images, labels, train=True,
       mutable=["batch_stats"], rngs={"gradient": rng})
@@ -42,13 +52,14 @@ def loss_fn(model: nn.Module, params, batch_stats, images, labels, rng):
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
   """step(state, images, labels) -> (state, metrics); jitted, the state donated."""
+  tx = optax.with_extra_args_support(tx)  # the plateau schedule reads `value`
 
   def step(state: TrainState, images, labels):
     rng, step_rng = jax.random.split(state.rng)
     grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats,
                                                   images, labels, step_rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=state.monitor)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
@@ -62,7 +73,7 @@ def make_eval_step(model: nn.Module) -> Callable:
 
   def evaluate(state: TrainState, images, labels):
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         images, train=False)
+                         to_float(images), train=False)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return {"loss_sum": loss.sum(), "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
             "count": jnp.asarray(labels.shape[0])}

@@ -1,0 +1,22 @@
+"""ResNetE-18 on ImageNet (ILSVRC 2012), batch 4096: real 7x7/2 stem, 16 binary blocks
+with real residuals, real head.
+
+    python main.py --config configs/imagenet_resnete18.py --workdir workdirs/resnete18
+
+Published: 58.32% top-1 with standard larq training; 57.04% with the proposed method;
+modelled memory saving 3.78x. Needs a multi-device machine (days on one GPU).
+Data: TFDS imagenet2012 in the array_record format: `tfds build imagenet2012
+--file_format=array_record --manual_dir=DIR` with the ILSVRC tars in DIR (README, "Data").
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.base()
+  c.dataset.name = "imagenet2012"
+  c.dataset.validation_size = 10000
+  c.model.name = "resnete18"
+  c.batch_size = 4096
+  c.eval_batch_size = 1024
+  c.num_epochs = 120
+  return common.variant(c, arg)
