@@ -14,10 +14,6 @@ from bnn.data import builders, catalog, idx
 pytestmark = [
     pytest.mark.real_data,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not builders.has_idx_files(catalog.FASHION_MNIST_DEBIAN_DIR),
-        reason="needs `apt-get install dataset-fashion-mnist`",
-    ),
 ]
 
 
