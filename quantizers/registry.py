@@ -45,14 +45,17 @@ def register(cls: Q) -> Q:
   if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
     raise ValueError(f"a quantizer named {cls.name!r} is already registered "
                      f"({_REGISTRY[cls.name].__qualname__})")
-  if not dataclasses.is_dataclass(cls):
-    raise TypeError(f"{cls.__name__} must be a frozen dataclass")
+  own = cls.__dict__.get("__dataclass_params__")  # is_dataclass() would see the base's
+  if own is None or not own.frozen:
+    raise TypeError(f"{cls.__name__} must be a frozen dataclass: decorate it with @dataclasses.dataclass(frozen=True)")
   _REGISTRY[cls.name] = cls
   return cls
 
 
 def names(kind: str | None = None) -> list[str]:
   """Sorted names of the registered quantizers, optionally only of one kind."""
+  if kind not in (None, "forward", "gradient"):
+    raise ValueError(f"kind={kind!r}; expected None, 'forward' or 'gradient'")
   return sorted(n for n, c in _REGISTRY.items() if kind is None or c.kind == kind)
 
 
@@ -82,6 +85,11 @@ def _parse(spec: str) -> tuple[str, dict[str, Any]]:
                      f"e.g. 'po2(bits=4)'")
   kwargs = {}
   for kw in node.keywords:
+    if kw.arg is None:
+      raise ValueError(f"quantizer spec {spec!r}: '**' is not allowed; name each argument, "
+                       f"e.g. 'po2(bits=4)'")
+    if kw.arg in kwargs:
+      raise ValueError(f"quantizer spec {spec!r}: argument {kw.arg!r} is given twice")
     try:
       kwargs[kw.arg] = ast.literal_eval(kw.value)
     except ValueError as e:
