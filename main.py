@@ -11,7 +11,9 @@ config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
                                 "Experiment config file, optionally with :variant.")
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and curves go here "
                     "(default: workdirs/<config file name>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "memory"],
+                  "train; eval (test metrics of the best checkpoint); memory (training "
+                  "memory of both methods, modelled per layer and measured).")
 FLAGS = flags.FLAGS
 
 
@@ -34,8 +36,12 @@ def main(argv):
             f"(best validation checkpoint, step {results['best_step']})")
     print(f"curves: {workdir}/curves.png; metrics: {workdir}/metrics.jsonl, "
           f"{workdir}/tensorboard; checkpoints: {workdir}/checkpoints, {workdir}/best")
-  else:
+  elif FLAGS.mode == "eval":
     print(json.dumps(experiment.evaluate(config, workdir), indent=2))
+  else:
+    from bnn import config_validation, memory_report
+    config_validation.validate(config)
+    memory_report.report(config, workdir)
 
 
 if __name__ == "__main__":

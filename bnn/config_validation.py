@@ -54,8 +54,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "(the standard method keeps float32 gradients)")
 
   o = config.optimizer
-  if o.name not in ("adam",):
-    _fail("optimizer.name", o.name, "'adam'")
+  if o.name not in ("adam", "bop"):
+    _fail("optimizer.name", o.name, "'adam' or 'bop'")
+  if o.state_dtype not in ("default", "float32", "float16", "bfloat16"):
+    _fail("optimizer.state_dtype", o.state_dtype,
+          "one of 'default', 'float32', 'float16', 'bfloat16'")
+  if not 0 < o.bop_gamma <= 1:
+    _fail("optimizer.bop_gamma", o.bop_gamma, "a number in (0, 1]")
+  if o.bop_threshold < 0:
+    _fail("optimizer.bop_threshold", o.bop_threshold, "a number >= 0")
   if not o.lr > 0:
     _fail("optimizer.lr", o.lr, "a positive number")
   if not 0 < o.plateau_factor <= 1:

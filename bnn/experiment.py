@@ -22,27 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from bnn import config_validation, data, metrics_log, models, train
-
-
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """Adam, scaled by 0.5 whenever validation error has not improved by min_delta
-  for `patience` epochs (METHOD.md). The plateau transform sees the latest
-  validation error at every step and averages it over an epoch."""
-  o = config.optimizer
-  return optax.chain(
-      optax.adam(o.lr),
-      optax.contrib.reduce_on_plateau(
-          factor=o.plateau_factor, patience=o.plateau_patience, rtol=0.0,
-          atol=o.plateau_min_delta, accumulation_size=steps_per_epoch))
+from bnn import config_validation, data, metrics_log, models, optim, train
 
 
 def learning_rate(config, state: train.TrainState) -> float:
-  return config.optimizer.lr * float(state.opt_state[1].scale)
+  return config.optimizer.lr * float(optim.plateau_scale(state.opt_state))
 
 
 class Experiment:
@@ -64,14 +51,14 @@ class Experiment:
     steps_per_epoch = self.train_data.steps_per_epoch
     self.num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                             else config.num_epochs * steps_per_epoch)
-    self.tx = make_optimizer(config, steps_per_epoch)
+    self.tx = optim.make_optimizer(config, steps_per_epoch)
     example = jnp.zeros((1, *self.train_data.image_shape), jnp.float32)
-    self.abstract_state = jax.eval_shape(
-        lambda: train.create_train_state(self.model, self.tx, example, config.seed))
+    self.abstract_state = jax.eval_shape(self.initial_state)
 
   def initial_state(self) -> train.TrainState:
     example = jnp.zeros((1, *self.train_data.image_shape), jnp.float32)
-    return train.create_train_state(self.model, self.tx, example, self.config.seed)
+    return train.create_train_state(self.model, self.tx, example, self.config.seed,
+                                    lambda params: optim.initial_params(self.config, params))
 
   def checkpoints(self, which: str = "checkpoints") -> ocp.CheckpointManager:
     if which == "best":

@@ -34,6 +34,7 @@ class BinaryDense(nn.Module):
   first_layer: bool = False
   grad_quantizer: Spec = None
   weight_grad_quantizer: Spec = None
+  weight_quantizer: str = "ste_sign"  # or "magnitude_aware_sign" (Bi-Real Net)
   kernel_init: nn.initializers.Initializer = default_kernel_init
 
   @nn.compact
@@ -42,6 +43,7 @@ class BinaryDense(nn.Module):
     return ops.binary_dense(x, w, method=self.method, first_layer=self.first_layer,
                             grad_quantizer=self.grad_quantizer,
                             weight_grad_quantizer=self.weight_grad_quantizer,
+                            weight_quantizer=self.weight_quantizer,
                             key=_key(self, self.grad_quantizer, self.weight_grad_quantizer))
 
 
@@ -56,6 +58,7 @@ class BinaryConv(nn.Module):
   first_layer: bool = False
   grad_quantizer: Spec = None
   weight_grad_quantizer: Spec = None
+  weight_quantizer: str = "ste_sign"  # or "magnitude_aware_sign" (Bi-Real Net)
   kernel_init: nn.initializers.Initializer = default_kernel_init
 
   @nn.compact
@@ -65,6 +68,7 @@ class BinaryConv(nn.Module):
     return ops.binary_conv(x, w, method=self.method, strides=self.strides, padding=self.padding,
                            first_layer=self.first_layer, grad_quantizer=self.grad_quantizer,
                            weight_grad_quantizer=self.weight_grad_quantizer,
+                           weight_quantizer=self.weight_quantizer,
                            key=_key(self, self.grad_quantizer, self.weight_grad_quantizer))
 
 

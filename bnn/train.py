@@ -24,10 +24,12 @@ class TrainState:
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       example_input: jax.Array, seed: int) -> TrainState:
+                       example_input: jax.Array, seed: int,
+                       prepare_params: Callable = lambda params: params) -> TrainState:
+  """prepare_params: how the optimizer keeps the parameters (e.g. in float16)."""
   init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = model.init({"params": init_key, "gradient": init_key}, example_input, train=False)
-  params = variables["params"]
+  params = prepare_params(variables["params"])
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
                     opt_state=tx.init(params), rng=rng, monitor=jnp.ones((), jnp.float32))

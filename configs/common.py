@@ -28,8 +28,14 @@ def base() -> ml_collections.ConfigDict:
   c.model.weight_grad_quantizer = "default"
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"
+  c.optimizer.name = "adam"            # "adam" | "bop" (Bop on binary kernels, Adam elsewhere)
   c.optimizer.lr = 1e-3
+  # Where latent weights and optimizer moments live: "float32", "float16",
+  # "bfloat16", or "default" (float32; 16-bit state costs accuracy until the update
+  # is rounded stochastically: docs/accuracy.md).
+  c.optimizer.state_dtype = "default"
+  c.optimizer.bop_gamma = 1e-4
+  c.optimizer.bop_threshold = 1e-8
   # Halve the learning rate when validation accuracy has not improved by
   # min_delta for `patience` epochs (METHOD.md: 0.5, 1e-4, 50).
   c.optimizer.plateau_factor = 0.5

@@ -3,21 +3,18 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from bnn.models.binarynet import BinaryNet
+from bnn.models.cnv import CNV
 from bnn.models.mlp import MLP
+from bnn.models.resnet import BiRealNet18, ResNetE18
 
 _QUANTIZER_FIELDS = ("grad_quantizer", "bn_grad_quantizer", "weight_grad_quantizer")
 
 
 def registry() -> dict[str, type[nn.Module]]:
   """Model name (config.model.name) -> Flax module class."""
-  models = {"mlp": MLP}
-  try:  # the convolutional models
-    from bnn.models import binarynet, cnv, resnet
-    models.update(cnv=cnv.CNV, binarynet=binarynet.BinaryNet,
-                  resnete18=resnet.ResNetE18, birealnet18=resnet.BiRealNet18)
-  except ImportError:
-    pass
-  return models
+  return {"mlp": MLP, "cnv": CNV, "binarynet": BinaryNet, "resnete18": ResNetE18,
+          "birealnet18": BiRealNet18}
 
 
 def create(model_config, num_classes: int) -> nn.Module:

@@ -6,9 +6,12 @@ layer, nothing new: x is the input batch) and recomputes sign(W) from the latent
   dy' = grad_quantizer(dy)
   dx  = conv_transpose(dy', sign(W))                  the transpose of x -> conv(x, sign(W))
   dW  = proposed_weight_grad(correlate(x, dy'))       the transpose of W -> conv(x, W)
-(x = +-1 except in the first layer). Both transposes are taken exactly, with
-jax.linear_transpose of the same linear conv as the forward, so every kernel size,
-stride and padding is handled by one code path.
+(x = +-1 except in the first layer). ``weight_quantizer`` "magnitude_aware_sign"
+uses Wb = alpha * sign(W), alpha = mean(|W|) over (kh, kw, c_in) per output channel,
+as in binary_dense (see bnn/ops/dense.py): dx = conv_transpose(dy', Wb) and
+dW = proposed_weight_grad(alpha * correlate(x, dy')). Both transposes are taken
+exactly, with jax.linear_transpose of the same linear conv as the forward, so every
+kernel size, stride and padding is handled by one code path.
 
 Padding is zero padding of the layer's input: padded positions contribute 0 to y
 (and to dW), they are not sign(0) = +1. SAME follows XLA/TensorFlow: total padding
@@ -23,7 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from bnn.ops import common
-from quantizers import GradientQuantizer, pack, sign, unpack
+from bnn.ops.dense import binary_weights, scaled_weight_grad, weight_quantizer_for
+from quantizers import ForwardQuantizer, GradientQuantizer, pack, unpack
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -31,7 +35,7 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 
 def binary_conv(x: jax.Array, w: jax.Array, *, method: str, strides=1, padding="SAME",
                 first_layer: bool = False, grad_quantizer=None, weight_grad_quantizer=None,
-                key: jax.Array | None = None) -> jax.Array:
+                weight_quantizer="ste_sign", key: jax.Array | None = None) -> jax.Array:
   """x: (batch, height, width, c_in), w: (kh, kw, c_in, c_out) latent weights
   -> (batch, out_height, out_width, c_out).
 
@@ -41,8 +45,8 @@ def binary_conv(x: jax.Array, w: jax.Array, *, method: str, strides=1, padding="
   first_layer: x is real (the input batch), not +-1; it is then used as is.
   grad_quantizer: applied to dy on entry to the backward (proposed only).
   weight_grad_quantizer: maps the raw weight gradient (proposed only; default
-  sign_scaled, N = kh * kw * c_in * c_out). key: PRNG key, needed by stochastic
-  gradient quantizers.
+  sign_scaled, N = kh * kw * c_in * c_out). weight_quantizer: "ste_sign" (default) or
+  "magnitude_aware_sign". key: PRNG key, needed by stochastic gradient quantizers.
   """
   common.check_method(method)
   strides = _strides(strides)
@@ -50,10 +54,11 @@ def binary_conv(x: jax.Array, w: jax.Array, *, method: str, strides=1, padding="
   gq = common.gradient_quantizer(grad_quantizer, method, "identity", "grad_quantizer")
   wq = common.gradient_quantizer(weight_grad_quantizer, method, "sign_scaled",
                                  "weight_grad_quantizer")
+  fq = weight_quantizer_for(weight_quantizer, method, "binary_conv")
   if method == "standard":
-    return _conv(x, common.binarize_weights_ste(w).astype(x.dtype), strides, pads)
+    return _conv(x, fq(w).astype(x.dtype), strides, pads)
   common.check_key(gq, key, "grad_quantizer")
-  return _proposed(bool(first_layer), strides, pads, gq, wq)(x, w, key)
+  return _proposed(bool(first_layer), strides, pads, gq, wq, fq)(x, w, key)
 
 
 def _conv(x, w, strides: tuple[int, int], pads: Pads):
@@ -63,12 +68,12 @@ def _conv(x, w, strides: tuple[int, int], pads: Pads):
 
 @functools.lru_cache(maxsize=None)
 def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
-              gq: GradientQuantizer, wq: GradientQuantizer):
+              gq: GradientQuantizer, wq: GradientQuantizer, fq: ForwardQuantizer):
   conv = functools.partial(_conv, strides=strides, pads=pads)
 
   @jax.custom_vjp
   def binary(x, w, key):
-    return conv(x, sign(w).astype(x.dtype))
+    return conv(x, binary_weights(fq, w, x.dtype))
 
   def fwd(x, w, key):
     kept = x if first_layer else pack(x)
@@ -78,9 +83,10 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
     kept, w, key = res
     x = kept if first_layer else unpack(kept, w.shape[2], dy.dtype)
     dy = gq(dy, key)
-    wb = sign(w).astype(dy.dtype)
+    wb = binary_weights(fq, w, dy.dtype)
     dx, = jax.linear_transpose(lambda a: conv(a, wb), x)(dy)
     dw_raw, = jax.linear_transpose(lambda b: conv(x, b), wb)(dy)
+    dw_raw = scaled_weight_grad(dw_raw, fq, w)
     return dx.astype(x.dtype), common.proposed_weight_grad(dw_raw, w, wq), None
 
   binary.defvjp(fwd, bwd)

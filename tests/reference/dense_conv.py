@@ -173,3 +173,87 @@ def assert_proposed_weight_grad(dw, dw_ref, dw_raw_ref, w) -> None:
   np.testing.assert_array_equal(np.where(tie, 0.0, dw), np.where(tie, 0.0, dw_ref))
   np.testing.assert_array_equal(np.abs(dw), np.abs(dw_ref))
   assert np.all(dw[np.abs(np.asarray(w)) > 1] == 0)
+
+
+# --------------------------------------------------------------------------- magnitude-aware
+# Bi-Real Net's weight sign: Wb = alpha * sign(W), alpha = mean(|W|) per output channel
+# (the last axis), alpha a constant in the gradient.
+#   forward          y = conv(x, Wb)
+#   proposed         dy' = rounding(dy); dx = conv^T(dy', Wb)
+#                    dW_raw = alpha * corr(sign(x), dy')   (the first layer: real x)
+#                    dW = sign(dW_raw) / sqrt(N), zeroed where |W| > 1, rounded to float16
+#   standard         dx = conv^T(dy, Wb); dW = alpha * corr(x, dy) zeroed where |W| > 1
+
+
+def magnitude_aware_weights(w) -> tuple[np.ndarray, np.ndarray]:
+  """(Wb, alpha): alpha = mean(|W|) over every axis but the last, Wb = alpha * sign(W)."""
+  w = np.asarray(w, np.float64)
+  alpha = np.mean(np.abs(w), axis=tuple(range(w.ndim - 1)))
+  return alpha * sign(w), alpha
+
+
+def _conv_grads_wb(x_used, wb, dy, strides, padding):
+  """dx and corr(x_used, dy) for the given (already quantized) kernel Wb."""
+  xp, (top, left), (ho, wo), window = _setup(x_used, wb, strides, padding)
+  kh, kw = wb.shape[:2]
+  assert dy.shape == (xp.shape[0], ho, wo, wb.shape[3]), (dy.shape, ho, wo)
+  dxp = np.zeros_like(xp)
+  corr = np.zeros(wb.shape)
+  for i in range(kh):
+    for j in range(kw):
+      dxp[window(i, j)] += np.einsum("nabo,co->nabc", dy, wb[i, j])
+      corr[i, j] = np.einsum("nabc,nabo->co", xp[window(i, j)], dy)
+  h, w_ = np.shape(x_used)[1:3]
+  return dxp[:, top:top + h, left:left + w_, :], corr
+
+
+def conv_forward_magnitude_aware(x, w, strides=1, padding="SAME") -> np.ndarray:
+  """y = conv(x, alpha * sign(W)), x NHWC, W HWIO."""
+  xp, _, (ho, wo), window = _setup(x, w, strides, padding)
+  wb, _ = magnitude_aware_weights(w)
+  kh, kw, _, c_out = wb.shape
+  y = np.zeros((xp.shape[0], ho, wo, c_out))
+  for i in range(kh):
+    for j in range(kw):
+      y += np.einsum("nabc,co->nabo", xp[window(i, j)], wb[i, j])
+  return y
+
+
+def conv_backward_proposed_magnitude_aware(x, w, dy, strides=1, padding="SAME", *,
+                                           first_layer: bool, rounding: str | None = None):
+  """(dx, dW, dW_raw) of the proposed method with the magnitude-aware weight sign."""
+  x = np.asarray(x, np.float64)
+  wb, alpha = magnitude_aware_weights(w)
+  dx, corr = _conv_grads_wb(x if first_layer else sign(x), wb, round_dy(dy, rounding),
+                            strides, padding)
+  dw_raw = alpha * corr
+  return dx, proposed_weight_grad(dw_raw, w), dw_raw
+
+
+def conv_backward_standard_magnitude_aware(x, w, dy, strides=1, padding="SAME"):
+  """(dx, dW) of the standard method with the magnitude-aware weight sign."""
+  wb, alpha = magnitude_aware_weights(w)
+  dx, corr = _conv_grads_wb(np.asarray(x, np.float64), wb, np.asarray(dy, np.float64),
+                            strides, padding)
+  return dx, standard_weight_grad(alpha * corr, w)
+
+
+def dense_backward_proposed_magnitude_aware(x, w, dy, *, first_layer: bool):
+  """(dx, dW, dW_raw) of the proposed dense layer with the magnitude-aware weight sign."""
+  x = np.asarray(x, np.float64)
+  dy = np.asarray(dy, np.float64)
+  wb, alpha = magnitude_aware_weights(w)
+  x_used = x if first_layer else sign(x)
+  dx = dy @ wb.T
+  dw_raw = alpha * (x_used.reshape(-1, wb.shape[0]).T @ dy.reshape(-1, wb.shape[1]))
+  return dx, proposed_weight_grad(dw_raw, w), dw_raw
+
+
+# --------------------------------------------------------------------------- 8-bit derivative
+
+
+def quantized_derivative(g, step: float, zero: int) -> np.ndarray:
+  """bnn.ops.sign's 8-bit fixed point: code = clip(round(g / step) + zero, 0, 255)
+  (round half to even), value = (code - zero) * step; float64."""
+  code = np.clip(np.round(np.asarray(g, np.float64) / step) + zero, 0, 255)
+  return (code - zero) * step

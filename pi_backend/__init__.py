@@ -1,0 +1,13 @@
+"""pi_backend: the NumPy + C side of the project, for training on a Raspberry Pi.
+
+Needs only NumPy and a C compiler; never imports jax, flax or tensorflow. Importing
+the package loads the C library (pi_backend/csrc), building it with ``make`` first
+when it is missing or out of date (see pi_backend/_lib.py). The kernels are in
+``pi_backend.kernels``.
+"""
+from pi_backend import _lib
+from pi_backend import kernels
+
+_lib.load()
+
+__all__ = ["kernels"]

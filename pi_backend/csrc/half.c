@@ -1,0 +1,22 @@
+/* IEEE binary16 conversions over buffers (bit manipulation, internal.h). */
+#include "internal.h"
+
+int bnn_f32_to_f16(const float *x, int64_t n, uint16_t *out) {
+  int64_t i;
+  if (n < 0) return BNN_ERR_SIZE;
+  if (!bnn__fits(n, sizeof(float))) return BNN_ERR_OVERFLOW;
+  if (n == 0) return BNN_OK;
+  if (!x || !out) return BNN_ERR_NULL;
+  for (i = 0; i < n; ++i) out[i] = bnn__f32_to_f16(x[i]);
+  return BNN_OK;
+}
+
+int bnn_f16_to_f32(const uint16_t *x, int64_t n, float *out) {
+  int64_t i;
+  if (n < 0) return BNN_ERR_SIZE;
+  if (!bnn__fits(n, sizeof(float))) return BNN_ERR_OVERFLOW;
+  if (n == 0) return BNN_OK;
+  if (!x || !out) return BNN_ERR_NULL;
+  for (i = 0; i < n; ++i) out[i] = bnn__f16_to_f32(x[i]);
+  return BNN_OK;
+}

@@ -1,0 +1,163 @@
+/*
+ * Helpers shared by the kernels: size checks, the bit layout (owned by pack.c; the
+ * inline accessors below are the only other place that knows it), popcount and
+ * float16 conversions. Not part of the public API.
+ */
+#ifndef BNNPI_INTERNAL_H
+#define BNNPI_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "bnnpi.h"
+
+/* ---- sizes --------------------------------------------------------------------- */
+
+/* *out = a * b for a, b >= 0; 0 on overflow (of int64 or of the address space). */
+static inline int bnn__mul(int64_t a, int64_t b, int64_t *out) {
+  if (a < 0 || b < 0) return 0;
+  if (a != 0 && b > INT64_MAX / a) return 0;
+  *out = a * b;
+  return 1;
+}
+
+/* Whether count elements of elem bytes can exist in this address space. */
+static inline int bnn__fits(int64_t count, size_t elem) {
+  return count >= 0 && (uint64_t)count <= (uint64_t)(PTRDIFF_MAX / (ptrdiff_t)elem);
+}
+
+/* Product of up to 4 non-negative sizes into *out, checked against elem-byte elements;
+ * returns BNN_OK or BNN_ERR_OVERFLOW. */
+static inline int bnn__count(int64_t *out, size_t elem, int64_t a, int64_t b, int64_t c,
+                             int64_t d) {
+  int64_t t;
+  if (!bnn__mul(a, b, &t) || !bnn__mul(t, c, &t) || !bnn__mul(t, d, &t)) {
+    return BNN_ERR_OVERFLOW;
+  }
+  if (!bnn__fits(t, elem)) return BNN_ERR_OVERFLOW;
+  *out = t;
+  return BNN_OK;
+}
+
+/* ---- bit layout ---------------------------------------------------------------- */
+/* Element j of a row lives in word j / 64, bit j % 64; bit 1 <-> +1. */
+
+static inline int64_t bnn__words(int64_t n) { return n / 64 + (n % 64 != 0); }
+
+/* The bits of the last word that hold elements (all ones when n % 64 == 0). */
+static inline uint64_t bnn__tail_mask(int64_t n) {
+  int r = (int)(n % 64);
+  return r ? ((UINT64_C(1) << r) - 1) : ~UINT64_C(0);
+}
+
+static inline int bnn__get_bit(const uint64_t *row, int64_t j) {
+  return (int)((row[j >> 6] >> (j & 63)) & 1u);
+}
+
+static inline void bnn__set_bit(uint64_t *row, int64_t j) {
+  row[j >> 6] |= UINT64_C(1) << (j & 63);
+}
+
+/* ORs bit (0 or 1) into element j, without a branch (random signs defeat prediction). */
+static inline void bnn__or_bit(uint64_t *row, int64_t j, int bit) {
+  row[j >> 6] |= (uint64_t)(bit & 1) << (j & 63);
+}
+
+/* Packs one row of n values into bnn__words(n) words, bit = (x >= 0). */
+void bnn__pack_row(const float *x, int64_t n, uint64_t *out);
+/* Unpacks one row of n elements into +-1 floats. */
+void bnn__unpack_row(const uint64_t *row, int64_t n, float *out);
+
+/* ---- popcount ------------------------------------------------------------------ */
+
+static inline uint64_t bnn__popcount64(uint64_t x) {
+  x = x - ((x >> 1) & UINT64_C(0x5555555555555555));
+  x = (x & UINT64_C(0x3333333333333333)) + ((x >> 2) & UINT64_C(0x3333333333333333));
+  x = (x + (x >> 4)) & UINT64_C(0x0f0f0f0f0f0f0f0f);
+  return (x * UINT64_C(0x0101010101010101)) >> 56;
+}
+
+/* out[j] = popcount(a XOR b_j) over `words` words (all bits: padding bits must be 0 in
+ * a or equal in both) for the nb rows b_j = b + j * words. words >= 1. Dispatches to
+ * the implementation chosen by bnn_set_popcount_impl. */
+void bnn__popcount_xor_rows(const uint64_t *a, const uint64_t *b, int64_t nb,
+                            int64_t words, int32_t *out);
+
+/* ---- float GEMM (sgemm.c) ---------------------------------------------------------- */
+
+/* C (M x N) = A (M x K) . B (K x N), or C += when accumulate; row-major, leading
+ * dimensions lda, ldb, ldc. K may be 0 (C = 0, or unchanged when accumulating). */
+void bnn__sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                const float *B, int64_t ldb, float *C, int64_t ldc, int accumulate);
+/* The same with A given transposed: At (K x M), leading dimension ldat. */
+void bnn__sgemm_tn(int64_t M, int64_t N, int64_t K, const float *At, int64_t ldat,
+                   const float *B, int64_t ldb, float *C, int64_t ldc, int accumulate);
+
+/* ---- float16 (IEEE binary16), bit manipulation only ------------------------------ */
+
+static inline uint32_t bnn__f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+static inline float bnn__f32_from_bits(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* float32 -> float16, round to nearest even; overflow -> inf; NaN stays NaN (quiet). */
+static inline uint16_t bnn__f32_to_f16(float f) {
+  uint32_t x = bnn__f32_bits(f);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t exp = (x >> 23) & 0xffu;
+  uint32_t mant = x & 0x7fffffu;
+  int32_t e;
+  uint32_t h, rem;
+  if (exp == 0xffu) {                       /* inf or NaN */
+    return (uint16_t)(sign | 0x7c00u | (mant ? (0x200u | (mant >> 13)) : 0u));
+  }
+  e = (int32_t)exp - 127 + 15;              /* the binary16 biased exponent */
+  if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+  if (e <= 0) {                             /* binary16 subnormal or zero */
+    uint32_t shift, halfway;
+    if (e < -10) return (uint16_t)sign;     /* below half the smallest subnormal */
+    mant |= 0x800000u;                      /* the implicit leading one */
+    shift = (uint32_t)(14 - e);             /* 14 .. 24 */
+    h = mant >> shift;
+    rem = mant & ((1u << shift) - 1u);
+    halfway = 1u << (shift - 1u);
+    if (rem > halfway || (rem == halfway && (h & 1u))) h++;
+    return (uint16_t)(sign | h);            /* a carry gives the smallest normal */
+  }
+  h = sign | ((uint32_t)e << 10) | (mant >> 13);
+  rem = mant & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;  /* may carry up to inf */
+  return (uint16_t)h;
+}
+
+/* float16 -> float32, exact. */
+static inline float bnn__f16_to_f32(uint16_t hv) {
+  uint32_t h = hv;
+  uint32_t sign = (h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  if (exp == 0) {
+    int32_t e = -14;
+    if (mant == 0) return bnn__f32_from_bits(sign);
+    while (!(mant & 0x400u)) {              /* normalise the subnormal */
+      mant <<= 1;
+      e--;
+    }
+    mant &= 0x3ffu;
+    return bnn__f32_from_bits(sign | ((uint32_t)(e + 127) << 23) | (mant << 13));
+  }
+  if (exp == 31) return bnn__f32_from_bits(sign | 0x7f800000u | (mant << 13));
+  return bnn__f32_from_bits(sign | ((exp - 15u + 127u) << 23) | (mant << 13));
+}
+
+static inline float bnn__round_f16(float f) { return bnn__f16_to_f32(bnn__f32_to_f16(f)); }
+
+#endif /* BNNPI_INTERNAL_H */

@@ -1,0 +1,174 @@
+/*
+ * GEMMs with one float operand and one +-1 operand (sign(W), or sign(X) given packed):
+ * the first binary layer's forward (real x), and the backward of every dense layer.
+ * The +-1 operand is expanded into floats one panel of KC rows at a time (a small
+ * scratch buffer; never a float copy of the whole matrix), and each panel goes through
+ * the register-blocked float GEMM of sgemm.c. Sums differ from BLAS only by rounding.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+enum { KC = 64 };  /* rows of the +-1 operand expanded per panel */
+
+static int check_mkn(int64_t m, int64_t k, int64_t n) {
+  int64_t t;
+  int err;
+  if (m < 0 || k < 0 || n < 0) return BNN_ERR_SIZE;
+  if ((err = bnn__count(&t, sizeof(float), m, k, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(float), k, n, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(float), m, n, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(float), KC, n, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(float), KC, m, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(uint64_t), m, bnn__words(k), 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(uint64_t), k, bnn__words(n), 1, 1)) != BNN_OK) return err;
+  return BNN_OK;
+}
+
+static float *scratch(int64_t a, int64_t b) {
+  return (float *)malloc((size_t)(a * b) * sizeof(float));
+}
+
+/* Rows [p0, p0 + pb) of sign(W) as +-1 floats, dst (pb, n); exactly one of w (float
+ * (k, n)) and wp (packed (k, words(n))) is set. */
+static void sign_rows(const float *w, const uint64_t *wp, int64_t p0, int64_t pb, int64_t n,
+                      float *dst) {
+  int64_t pp, j, wn = bnn__words(n);
+  for (pp = 0; pp < pb; ++pp) {
+    float *d = dst + pp * n;
+    if (w) {
+      const float *src = w + (p0 + pp) * n;
+      for (j = 0; j < n; ++j) d[j] = src[j] >= 0.0f ? 1.0f : -1.0f;
+    } else {
+      bnn__unpack_row(wp + (p0 + pp) * wn, n, d);
+    }
+  }
+}
+
+/* The same rows transposed: dst (n, pb). */
+static void sign_rows_t(const float *w, const uint64_t *wp, int64_t p0, int64_t pb,
+                        int64_t n, float *dst) {
+  int64_t pp, j, wn = bnn__words(n);
+  for (pp = 0; pp < pb; ++pp) {
+    if (w) {
+      const float *src = w + (p0 + pp) * n;
+      for (j = 0; j < n; ++j) dst[j * pb + pp] = src[j] >= 0.0f ? 1.0f : -1.0f;
+    } else {
+      const uint64_t *row = wp + (p0 + pp) * wn;
+      for (j = 0; j < n; ++j) dst[j * pb + pp] = bnn__get_bit(row, j) ? 1.0f : -1.0f;
+    }
+  }
+}
+
+/* y (m, n) = x (m, k) . sign(W) */
+static int sign_matmul_impl(const float *x, const float *w, const uint64_t *wp, int64_t m,
+                            int64_t k, int64_t n, float *y) {
+  int64_t p0;
+  float *tmp;
+  int err = check_mkn(m, k, n);
+  if (err != BNN_OK) return err;
+  if (m == 0 || n == 0) return BNN_OK;
+  if (!y || (k > 0 && (!x || (!w && !wp)))) return BNN_ERR_NULL;
+  if (k == 0) {
+    memset(y, 0, (size_t)(m * n) * sizeof(float));
+    return BNN_OK;
+  }
+  if (!(tmp = scratch(k < KC ? k : KC, n))) return BNN_ERR_NOMEM;
+  for (p0 = 0; p0 < k; p0 += KC) {
+    int64_t pb = k - p0 < KC ? k - p0 : KC;
+    sign_rows(w, wp, p0, pb, n, tmp);
+    bnn__sgemm(m, n, pb, x + p0, k, tmp, n, y, n, p0 > 0);
+  }
+  free(tmp);
+  return BNN_OK;
+}
+
+int bnn_sign_matmul(const float *x, const float *w, int64_t m, int64_t k, int64_t n,
+                    float *y) {
+  if (!w && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
+  return sign_matmul_impl(x, w, NULL, m, k, n, y);
+}
+
+int bnn_sign_matmul_packed(const float *x, const uint64_t *w_packed, int64_t m,
+                           int64_t k, int64_t n, float *y) {
+  if (!w_packed && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
+  return sign_matmul_impl(x, NULL, w_packed, m, k, n, y);
+}
+
+/* dx (m, k) = dy (m, n) . sign(W)^T */
+static int matmul_sign_t_impl(const float *dy, const float *w, const uint64_t *wp,
+                              int64_t m, int64_t k, int64_t n, float *dx) {
+  int64_t p0;
+  float *tmp;
+  int err = check_mkn(m, k, n);
+  if (err != BNN_OK) return err;
+  if (m == 0 || k == 0) return BNN_OK;
+  if (!dx || (n > 0 && (!dy || (!w && !wp)))) return BNN_ERR_NULL;
+  if (n == 0) {
+    memset(dx, 0, (size_t)(m * k) * sizeof(float));
+    return BNN_OK;
+  }
+  if (!(tmp = scratch(n, k < KC ? k : KC))) return BNN_ERR_NOMEM;
+  for (p0 = 0; p0 < k; p0 += KC) {
+    int64_t pb = k - p0 < KC ? k - p0 : KC;
+    sign_rows_t(w, wp, p0, pb, n, tmp);
+    bnn__sgemm(m, pb, n, dy, n, tmp, pb, dx + p0, k, 0);
+  }
+  free(tmp);
+  return BNN_OK;
+}
+
+int bnn_matmul_sign_t(const float *dy, const float *w, int64_t m, int64_t k, int64_t n,
+                      float *dx) {
+  if (!w && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
+  return matmul_sign_t_impl(dy, w, NULL, m, k, n, dx);
+}
+
+int bnn_matmul_sign_t_packed(const float *dy, const uint64_t *w_packed, int64_t m,
+                             int64_t k, int64_t n, float *dx) {
+  if (!w_packed && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
+  return matmul_sign_t_impl(dy, NULL, w_packed, m, k, n, dx);
+}
+
+/* dw (k, n) = X^T . dy, X = sign(x) from xp (m, words(k)) (expanded a panel of columns
+ * at a time) or the real x (m, k). */
+static int t_matmul_impl(const float *x, const uint64_t *xp, const float *dy, int64_t m,
+                         int64_t k, int64_t n, float *dw) {
+  int64_t p0, pp, i, wk = bnn__words(k);
+  float *tmp;
+  int err = check_mkn(m, k, n);
+  if (err != BNN_OK) return err;
+  if (k == 0 || n == 0) return BNN_OK;
+  if (!dw || (m > 0 && (!dy || (!x && !xp)))) return BNN_ERR_NULL;
+  if (m == 0) {
+    memset(dw, 0, (size_t)(k * n) * sizeof(float));
+    return BNN_OK;
+  }
+  if (x) {  /* X^T . dy straight from x (m, k), read as the transpose of a (k, m) */
+    bnn__sgemm_tn(k, n, m, x, k, dy, n, dw, n, 0);
+    return BNN_OK;
+  }
+  if (!(tmp = scratch(k < KC ? k : KC, m))) return BNN_ERR_NOMEM;
+  for (p0 = 0; p0 < k; p0 += KC) {  /* sign(x) panels (m, pb), i.e. X^T transposed */
+    int64_t pb = k - p0 < KC ? k - p0 : KC;
+    for (i = 0; i < m; ++i) {
+      const uint64_t *row = xp + i * wk;
+      for (pp = 0; pp < pb; ++pp) tmp[i * pb + pp] = bnn__get_bit(row, p0 + pp) ? 1.0f : -1.0f;
+    }
+    bnn__sgemm_tn(pb, n, m, tmp, pb, dy, n, dw + p0 * n, n, 0);
+  }
+  free(tmp);
+  return BNN_OK;
+}
+
+int bnn_sign_t_matmul(const uint64_t *x_packed, const float *dy, int64_t m, int64_t k,
+                      int64_t n, float *dw) {
+  if (!x_packed && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
+  return t_matmul_impl(NULL, x_packed, dy, m, k, n, dw);
+}
+
+int bnn_t_matmul(const float *x, const float *dy, int64_t m, int64_t k, int64_t n,
+                 float *dw) {
+  if (!x && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
+  return t_matmul_impl(x, NULL, dy, m, k, n, dw);
+}

@@ -1,0 +1,141 @@
+"""CNV: parameter count, shapes, one training step per method, eval equality, and what
+the proposed method keeps for the backward pass."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnn import memory
+from bnn.models import cnv
+from bnn.models import registry
+
+NUM_CLASSES = 10
+BATCH = 5  # not a layer width nor the kernel size 3: "leading dim == batch" = per example
+
+
+def _expected_params() -> int:
+  """Hand count for 32x32x3 inputs and 10 classes: every layer's kernel (no biases)
+  plus one BN beta per output channel (BN has no gamma)."""
+  return sum([
+      3 * 3 * 3 * 64 + 64,       # C64    32x32 -> 30x30
+      3 * 3 * 64 * 64 + 64,      # C64    30 -> 28, MP2 -> 14
+      3 * 3 * 64 * 128 + 128,    # C128   14 -> 12
+      3 * 3 * 128 * 128 + 128,   # C128   12 -> 10, MP2 -> 5
+      3 * 3 * 128 * 256 + 256,   # C256   5 -> 3
+      3 * 3 * 256 * 256 + 256,   # C256   3 -> 1: flatten 1 * 1 * 256 = 256
+      256 * 512 + 512,           # FC512
+      512 * 512 + 512,           # FC512
+      512 * 10 + 10,             # FC10 (BinaryClassifier: kernel + BN beta)
+  ])
+
+
+def _data(batch, seed=0):
+  x = jax.random.uniform(jax.random.key(seed), (batch, 32, 32, 3), minval=-1, maxval=1)
+  return x, jnp.arange(batch) % NUM_CLASSES
+
+
+def _random_variables(model, x, seed=0):
+  """Variables of model's shapes without running init (no compilation): kernels
+  uniform in +-1/sqrt(fan_in), betas uniform in +-0.1, running mean 0 and scale 1."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, a):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name:
+      return jnp.ones(a.shape, a.dtype)
+    if "mean" in name:
+      return jnp.zeros(a.shape, a.dtype)
+    bound = 1 / np.sqrt(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 0.1
+    return jnp.asarray(rng.uniform(-bound, bound, a.shape), a.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@pytest.fixture(scope="module")
+def steps():
+  """Per method: (loss, logits, gradients, running statistics after the step, eval
+  logits), from one jitted program per method on the same variables and batch."""
+  x, labels = _data(4, seed=2)
+  variables = _random_variables(cnv.CNV(num_classes=NUM_CLASSES), x)
+  out = {}
+  for method in ("standard", "proposed"):
+    model = cnv.CNV(num_classes=NUM_CLASSES, method=method)
+
+    @jax.jit
+    def step(variables, x, labels, model=model):
+      def loss(params):
+        (logits, loss), updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, labels,
+            train=True, mutable=["batch_stats"])
+        return loss, (logits, updates["batch_stats"])
+      (loss, (logits, stats)), grads = jax.value_and_grad(loss, has_aux=True)(
+          variables["params"])
+      return loss, logits, grads, stats, model.apply(variables, x, train=False)
+
+    out[method] = step(variables, x, labels)
+  return variables, out
+
+
+@pytest.mark.parametrize("method", ["standard", "proposed"])
+def test_training_step_gives_finite_gradients(steps, method):
+  variables, out = steps
+  loss, logits, grads, stats, _ = jax.device_get(out[method])  # NumPy from here on
+  assert logits.shape == (4, NUM_CLASSES) and np.isfinite(loss)
+  assert jax.tree.structure(grads) == jax.tree.structure(variables["params"])
+  for g in jax.tree.leaves(grads):
+    assert np.all(np.isfinite(g))
+  assert all(np.any(g != 0) for g in jax.tree.leaves(grads))
+  # The running statistics moved.
+  assert not np.array_equal(stats["BatchNorm_0"]["mean"],
+                            variables["batch_stats"]["BatchNorm_0"]["mean"])
+
+
+def test_eval_logits_identical_for_both_methods(steps):
+  _, out = steps
+  logits = {m: out[m][-1] for m in out}
+  assert logits["proposed"].shape == (4, NUM_CLASSES)
+  np.testing.assert_array_equal(logits["proposed"], logits["standard"])
+
+
+@functools.lru_cache(maxsize=None)
+def _per_example_residuals(method):
+  model = cnv.CNV(num_classes=NUM_CLASSES, method=method)
+  x, labels = _data(BATCH)
+  variables = _random_variables(model, x)
+
+  def loss(params, x):
+    (_, loss), _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                               x, labels, train=True, mutable=["batch_stats"])
+    return loss
+
+  kept = memory.per_example(memory.saved_residuals(loss, variables["params"], x), BATCH)
+  return tuple(r for r in kept if r.source != "from the argument x")
+
+
+def test_proposed_keeps_no_float_per_example():
+  kept = _per_example_residuals("proposed")
+  floats = [r for r in kept if r.is_float]
+  assert floats == [], floats
+  # The rest: bit-packed uint8 (BN signs, STE masks, max-pool masks, conv inputs), and
+  # the integer labels (the head's softmax gradient is recomputed from them).
+  assert all(r.dtype == np.uint8 or (r.dtype == np.int32 and r.shape == (BATCH,))
+             for r in kept), kept
+  assert sum(r.dtype == np.uint8 for r in kept) >= 3 * 8
+
+
+def test_standard_keeps_float32_per_example():
+  kept = _per_example_residuals("standard")
+  floats = [r for r in kept if r.dtype == np.float32]
+  # At least the float32 input of every conv after the first (30x30x64, ...).
+  assert sum(r.nbytes for r in floats) >= BATCH * 4 * (30 * 30 * 64 + 14 * 14 * 64)
+
+
+def test_proposed_keeps_at_most_one_sixteenth_of_standard():
+  proposed = sum(r.nbytes for r in _per_example_residuals("proposed")) / BATCH
+  standard = sum(r.nbytes for r in _per_example_residuals("standard")) / BATCH
+  print(f"CNV saved residuals per example: proposed {proposed:.0f} B, standard "
+        f"{standard:.0f} B, ratio 1/{standard / proposed:.1f}")
+  assert proposed * 16 <= standard

@@ -1,0 +1,97 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bnn import optim
+from configs import fashion_mnist_mlp
+
+
+def _params():
+  k1, k2 = jax.random.split(jax.random.key(0))
+  return {"BinaryDense_0": {"kernel": jax.random.uniform(k1, (7, 5), minval=-1, maxval=1)},
+          "BatchNorm_0": {"beta": jax.random.normal(k2, (5,))}}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_adam_stores_16_bits_and_tracks_float32_adam(dtype):
+  params = _params()
+  tx32, tx16 = optax.adam(1e-2), optim.low_precision_state(optax.adam(1e-2), dtype)
+  s32, s16 = tx32.init(params), tx16.init(params)
+  p32, p16 = params, params
+  for i in range(20):
+    g = jax.tree.map(lambda p: jnp.sin(p * (i + 1)), params)
+    u32, s32 = tx32.update(g, s32, p32)
+    u16, s16 = tx16.update(g, s16, p16)
+    p32, p16 = optax.apply_updates(p32, u32), optax.apply_updates(p16, u16)
+  per_param = [x for x in jax.tree.leaves(s16) if x.ndim]
+  assert per_param and all(x.dtype == dtype for x in per_param)
+  # each step rounds |p| <= ~2 once: at most eps per step over 20 steps
+  eps = float(jnp.finfo(dtype).eps)
+  for a, b in zip(jax.tree.leaves(p32), jax.tree.leaves(p16)):
+    np.testing.assert_allclose(a, np.asarray(b, np.float32), atol=20 * eps, rtol=0)
+
+
+def test_zero_gradients_give_no_nan_in_float16():
+  params = _params()
+  tx = optim.low_precision_state(optax.adam(1e-3), jnp.float16)
+  state = tx.init(params)
+  updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((updates, state)))
+
+
+def test_bop_flips_only_where_momentum_is_large_and_agrees():
+  w = jnp.array([1.0, 1.0, -1.0, -1.0])
+  g = jnp.array([1.0, -1.0, -1.0, 1.0])
+  tx = optim.bop(gamma=0.5, threshold=0.1)
+  state = tx.init(w)
+  updates, state = tx.update(g, state, w)
+  # m = 0.5 g: flips where sign(m) == sign(w), i.e. elements 0 and 2
+  np.testing.assert_array_equal(optax.apply_updates(w, updates), [-1.0, 1.0, 1.0, -1.0])
+  np.testing.assert_allclose(state.momentum, 0.5 * g)
+  small = optim.bop(gamma=0.5, threshold=0.6)
+  updates, _ = small.update(g, small.init(w), w)
+  np.testing.assert_array_equal(updates, 0)
+
+
+def test_bop_config_binarises_kernels_and_leaves_beta_to_adam():
+  config = fashion_mnist_mlp.get_config()
+  config.optimizer.name = "bop"
+  config.optimizer.state_dtype = "float16"
+  params = optim.initial_params(config, _params())
+  assert set(np.unique(np.asarray(params["BinaryDense_0"]["kernel"], np.float32))) <= {-1.0, 1.0}
+  assert params["BinaryDense_0"]["kernel"].dtype == jnp.float16
+  tx = optim.make_optimizer(config, steps_per_epoch=10)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, state, params, value=jnp.ones(()))
+  kernel_update = np.asarray(updates["BinaryDense_0"]["kernel"], np.float32)
+  assert set(np.unique(kernel_update)) <= {0.0, -2.0, 2.0}
+  assert np.all(np.asarray(updates["BatchNorm_0"]["beta"]) < 0)  # Adam step against +1 gradients
+
+
+@pytest.mark.parametrize("method,state_dtype,expected", [
+    ("standard", "default", "float32"), ("proposed", "default", "float32"),
+    ("proposed", "float16", "float16"), ("proposed", "bfloat16", "bfloat16")])
+def test_state_dtype(method, state_dtype, expected):
+  config = fashion_mnist_mlp.get_config(method)
+  config.optimizer.state_dtype = state_dtype
+  assert optim.state_dtype(config) == expected
+  params = optim.initial_params(config, _params())
+  assert params["BinaryDense_0"]["kernel"].dtype == jnp.dtype(expected)
+
+
+def test_plateau_halves_the_learning_rate_after_patience_epochs():
+  config = fashion_mnist_mlp.get_config("standard")
+  config.optimizer.plateau_patience = 2
+  tx = optim.make_optimizer(config, steps_per_epoch=3)
+  params = _params()
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  scales = []
+  for _ in range(5 * 3):  # five epochs of a validation error that never improves
+    _, state = tx.update(grads, state, params, value=jnp.asarray(0.3))
+    scales.append(float(optim.plateau_scale(state)))
+  # best set in epoch 1; two epochs without improvement halve it (end of epochs 3 and 5)
+  assert scales[2::3] == [1.0, 1.0, 0.5, 0.5, 0.25]

@@ -1,0 +1,111 @@
+"""Binary XNOR-popcount GEMM and the float-times-sign GEMMs against NumPy."""
+import numpy as np
+import pytest
+
+from pi_backend import kernels as K
+from tests.pi_backend import reference as ref
+
+KS = [1, 7, 63, 64, 65, 130, 257]
+IMPLS = ["portable", "hardware"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+  try:
+    K.set_popcount_impl(request.param)
+  except ValueError:
+    pytest.skip(f"no {request.param} popcount on this CPU")
+  yield request.param
+  K.set_popcount_impl("auto")
+
+
+def _pm1(rng, shape):
+  return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("m,n", [(1, 1), (3, 5), (9, 4), (2, 13)])
+def test_xnor_gemm_matches_numpy(impl, k, m, n):
+  rng = np.random.default_rng(k * 100 + m * 10 + n)
+  a, b = _pm1(rng, (m, k)), _pm1(rng, (n, k))
+  want = (a @ b.T).astype(np.int32)
+  pa, pb = K.pack(a), K.pack(b)
+  np.testing.assert_array_equal(K.xnor_gemm(pa, pb, k), want)
+  yf = K.xnor_gemm(pa, pb, k, dtype=np.float32)
+  assert yf.dtype == np.float32
+  np.testing.assert_array_equal(yf, want.astype(np.float32))
+
+
+@pytest.mark.parametrize("k", [7, 65, 130])
+def test_xnor_gemm_ignores_garbage_padding_bits(k):
+  rng = np.random.default_rng(k)
+  a, b = _pm1(rng, (4, k)), _pm1(rng, (6, k))
+  pa, pb = K.pack(a), K.pack(b)
+  pad = ~np.uint64((1 << (k % 64)) - 1)
+  pa[:, -1] |= pad
+  pb[::2, -1] |= pad
+  np.testing.assert_array_equal(K.xnor_gemm(pa, pb, k), a @ b.T)
+
+
+def test_xnor_gemm_k_zero_and_empty():
+  np.testing.assert_array_equal(K.xnor_gemm(np.zeros((2, 0), np.uint64),
+                                            np.zeros((3, 0), np.uint64), 0), np.zeros((2, 3)))
+  assert K.xnor_gemm(np.zeros((0, 1), np.uint64), np.zeros((3, 1), np.uint64), 5).shape == (0, 3)
+
+
+def test_xnor_gemm_dense_layer_with_pack_transposed():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((5, 70)).astype(np.float32)
+  w = rng.standard_normal((70, 33)).astype(np.float32)
+  y = K.xnor_gemm(K.pack(x), K.pack_transposed(w), 70, dtype=np.float32)
+  np.testing.assert_array_equal(y, ref.sign(x) @ ref.sign(w))
+
+
+def _close(got, want, terms):
+  """float32 sums in another order: error ~ eps * (number of terms) * magnitude."""
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * terms * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("m,n", [(1, 1), (5, 3), (4, 65), (3, 130)])
+def test_float_sign_gemms(k, m, n):
+  rng = np.random.default_rng(k + 7 * m + 13 * n)
+  x = rng.standard_normal((m, k)).astype(np.float32)
+  w = rng.standard_normal((k, n)).astype(np.float32)
+  w.reshape(-1)[::5] = 0.0  # sign(0) = +1
+  w.reshape(-1)[1::7] = -0.0
+  dy = rng.standard_normal((m, n)).astype(np.float32)
+  wb = ref.sign(w).astype(np.float64)
+  x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+  wp = K.pack(w)                                          # (k, words(n))
+  # forward, first layer: x . sign(W)
+  _close(K.sign_matmul(x, w), x64 @ wb, k)
+  _close(K.sign_matmul_packed(x, wp, n), x64 @ wb, k)
+  np.testing.assert_array_equal(K.sign_matmul(x, w), K.sign_matmul_packed(x, wp, n))
+  # backward to the input: dy . sign(W)^T
+  _close(K.matmul_sign_t(dy, w), dy64 @ wb.T, n)
+  np.testing.assert_array_equal(K.matmul_sign_t(dy, w), K.matmul_sign_t_packed(dy, wp))
+  # backward to the weights: sign(x)^T . dy (packed x) and x^T . dy (real x)
+  _close(K.sign_t_matmul(K.pack(x), k, dy), ref.sign(x).astype(np.float64).T @ dy64, m)
+  _close(K.t_matmul(x, dy), x64.T @ dy64, m)
+
+
+def test_float_gemms_zero_sizes():
+  z = np.zeros
+  assert K.sign_matmul(z((0, 3), np.float32), z((3, 4), np.float32)).shape == (0, 4)
+  np.testing.assert_array_equal(K.sign_matmul(z((2, 0), np.float32), z((0, 4), np.float32)),
+                                z((2, 4)))
+  np.testing.assert_array_equal(K.matmul_sign_t(z((2, 0), np.float32), z((3, 0), np.float32)),
+                                z((2, 3)))
+  np.testing.assert_array_equal(K.sign_t_matmul(z((0, 1), np.uint64), 5, z((0, 3), np.float32)),
+                                z((5, 3)))
+  np.testing.assert_array_equal(K.t_matmul(z((0, 5), np.float32), z((0, 3), np.float32)),
+                                z((5, 3)))
+
+
+def test_popcount_impl_names():
+  assert K.popcount_impl() in ("portable", "x86-popcnt", "neon")
+  assert K.set_popcount_impl("portable") == "portable"
+  assert K.set_popcount_impl("auto") == K.popcount_impl()
+  with pytest.raises(ValueError, match="impl='fast'"):
+    K.set_popcount_impl("fast")

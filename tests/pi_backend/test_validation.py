@@ -1,0 +1,139 @@
+"""Every wrapper checks its arguments before calling C and raises a clear error that
+names the argument, what it got and what was expected, instead of crashing."""
+import numpy as np
+import pytest
+
+from pi_backend import kernels as K
+
+f32, u64 = np.float32, np.uint64
+
+
+def _x(*shape):
+  return np.ones(shape, f32)
+
+
+def test_wrong_type_and_dtype():
+  with pytest.raises(TypeError, match=r"pack: x must be a numpy.ndarray of dtype float32; got list"):
+    K.pack([1.0, -1.0])
+  with pytest.raises(TypeError, match=r"pack: x has dtype float64; expected float32"):
+    K.pack(np.ones(3))
+  with pytest.raises(TypeError, match=r"pack: x has dtype >f4; expected float32"):
+    K.pack(np.ones(3, ">f4"))
+  with pytest.raises(TypeError, match=r"xnor_gemm: b has dtype int64; expected uint64"):
+    K.xnor_gemm(np.zeros((2, 1), u64), np.zeros((2, 1), np.int64), 5)
+  with pytest.raises(TypeError, match=r"sign_matmul: w has dtype float16; expected float32"):
+    K.sign_matmul(_x(2, 3), np.ones((3, 4), np.float16))
+  with pytest.raises(TypeError, match=r"adam_f16: w has dtype float32; expected float16"):
+    K.adam_f16(_x(3), np.zeros(3, np.float16), np.zeros(3, np.float16), _x(3), step=1)
+  with pytest.raises(TypeError, match=r"adam_f16: g has dtype float64; expected float32 or float16"):
+    h = np.zeros(3, np.float16)
+    K.adam_f16(h, h.copy(), h.copy(), np.ones(3), step=1)
+  with pytest.raises(TypeError, match=r"xnor_gemm: dtype=float64; expected int32 or float32"):
+    K.xnor_gemm(np.zeros((2, 1), u64), np.zeros((2, 1), u64), 5, dtype=np.float64)
+
+
+def test_wrong_shape():
+  with pytest.raises(ValueError, match=r"xnor_gemm: b has shape \(2, 2\); expected \(\*, 1\)"):
+    K.xnor_gemm(np.zeros((2, 1), u64), np.zeros((2, 2), u64), 5)
+  with pytest.raises(ValueError, match=r"sign_matmul: w has shape \(4, 4\); expected \(3, \*\)"):
+    K.sign_matmul(_x(2, 3), _x(4, 4))
+  with pytest.raises(ValueError, match=r"unpack: packed has shape \(3, 1\); a last axis of n=65"):
+    K.unpack(np.zeros((3, 1), u64), 65)
+  with pytest.raises(ValueError, match=r"pack: x has shape \(\); expected at least 1 axes"):
+    K.pack(np.array(1.0, f32))
+  with pytest.raises(ValueError, match=r"batch_norm_l1: x has shape \(5,\); expected at least 2"):
+    K.batch_norm_l1(_x(5), _x(5))
+  with pytest.raises(ValueError, match=r"batch_norm_l1: beta has shape \(3,\); expected \(4,\)"):
+    K.batch_norm_l1(_x(2, 4), _x(3))
+  with pytest.raises(ValueError, match=r"batch_norm_l1_backward: sign_bits has shape"):
+    K.batch_norm_l1_backward(_x(2, 4), np.zeros((2, 2), u64), np.ones(4, np.float16),
+                             np.ones(4, np.float16))
+  with pytest.raises(ValueError, match=r"max_pool2x2: x has shape \(1, 1, 4, 3\); expected"):
+    K.max_pool2x2(_x(1, 1, 4, 3))
+  with pytest.raises(ValueError, match=r"max_pool2x2_backward: mask has shape"):
+    K.max_pool2x2_backward(_x(1, 1, 1, 3), np.zeros((1, 2, 2, 2), u64), (1, 2, 2, 3))
+  with pytest.raises(ValueError, match=r"binary_conv2d: w_packed has shape \(4, 1\); expected \(\*, 9\)"):
+    K.binary_conv2d(np.zeros((1, 5, 5, 1), u64), 3, np.zeros((4, 1), u64), (3, 3))
+  with pytest.raises(ValueError, match=r"conv2d_backward_input: dy has shape \(1, 4, 4, 2\); an input of 5x5"):
+    K.conv2d_backward_input(_x(1, 4, 4, 2), K.pack(_x(3, 3, 1, 2)), (5, 5))
+  with pytest.raises(ValueError, match=r"conv2d_backward_weight: x is packed \(uint64\); pass c_in"):
+    K.conv2d_backward_weight(np.zeros((1, 5, 5, 1), u64), _x(1, 5, 5, 2), (3, 3))
+  with pytest.raises(ValueError, match=r"po2: random_bits has shape \(2,\); expected \(3,\)"):
+    K.po2(_x(3), random_bits=np.zeros(2, np.uint32))
+
+
+def test_not_contiguous():
+  x = _x(4, 6)
+  with pytest.raises(ValueError, match=r"pack: x \(shape \(4, 3\), strides \(24, 8\)\) is not C-contiguous"):
+    K.pack(x[:, ::2])
+  with pytest.raises(ValueError, match=r"sign_matmul: x .* is not C-contiguous"):
+    K.sign_matmul(x.T, _x(4, 2))
+  with pytest.raises(ValueError, match=r"batch_norm_l1: x .* is not C-contiguous"):
+    K.batch_norm_l1(np.asfortranarray(_x(3, 4)), _x(4))
+  w = np.zeros((4, 2), np.float16)
+  with pytest.raises(ValueError, match=r"adam_f16: m .* is not C-contiguous"):
+    K.adam_f16(w[:, 0].copy(), w[:, 0], w[:, 1].copy(), _x(4), step=1)
+
+
+def test_outputs_read_only_or_overlapping():
+  x = _x(3, 70)
+  out = np.empty((3, 2), u64)
+  out.flags.writeable = False
+  with pytest.raises(ValueError, match=r"pack: out is read-only"):
+    K.pack(x, out=out)
+  with pytest.raises(ValueError, match=r"pack: out has shape \(3, 3\); expected \(3, 2\)"):
+    K.pack(x, out=np.empty((3, 3), u64))
+  buf = np.zeros(12, f32)
+  with pytest.raises(ValueError, match=r"sign_matmul: out overlaps the input x"):
+    K.sign_matmul(buf[:6].reshape(2, 3), _x(3, 2), out=buf[2:6].reshape(2, 2))
+  h = np.zeros(4, np.float16)
+  with pytest.raises(ValueError, match=r"adam_f16: w and m overlap"):
+    K.adam_f16(h, h, np.zeros(4, np.float16), _x(4), step=1)
+  g = _x(6)
+  with pytest.raises(ValueError, match=r"po2: out partly overlaps g"):
+    K.po2(g[:3], out=g[1:4])
+  rm = _x(4)
+  rm.flags.writeable = False
+  with pytest.raises(ValueError, match=r"batch_norm_l1: running_mean is read-only"):
+    K.batch_norm_l1(_x(2, 4), _x(4), running_mean=rm, running_scale=_x(4))
+
+
+def test_bad_numbers():
+  with pytest.raises(TypeError, match=r"unpack: n=True must be an int, not a bool"):
+    K.unpack(np.zeros((1, 1), u64), True)
+  with pytest.raises(TypeError, match=r"unpack: n=2.0 must be an int"):
+    K.unpack(np.zeros((1, 1), u64), 2.0)
+  with pytest.raises(ValueError, match=r"xnor_gemm: k=-1; expected an int in \[0, 2147483647\]"):
+    K.xnor_gemm(np.zeros((1, 1), u64), np.zeros((1, 1), u64), -1)
+  with pytest.raises(ValueError, match=r"po2: bits=9; expected an int in \[1, 8\]"):
+    K.po2(_x(3), bits=9)
+  with pytest.raises(ValueError, match=r"po2: zeros='none'"):
+    K.po2(_x(3), zeros="none")
+  with pytest.raises(ValueError, match=r"batch_norm_l1: eps=-1.0; expected a finite number"):
+    K.batch_norm_l1(_x(2, 3), _x(3), eps=-1)
+  with pytest.raises(ValueError, match=r"batch_norm_l1: momentum=1.5"):
+    K.batch_norm_l1(_x(2, 3), _x(3), momentum=1.5)
+  with pytest.raises(ValueError, match=r"sign_ste: clip=nan"):
+    K.sign_ste(_x(3), clip=float("nan"))
+  h = np.zeros(3, np.float16)
+  with pytest.raises(ValueError, match=r"adam_f16: step=0; expected an int in \[1, inf\]"):
+    K.adam_f16(h, h.copy(), h.copy(), _x(3), step=0)
+  with pytest.raises(ValueError, match=r"adam_f16: b1=1.0; expected a finite number in \[0.0, 1.0\)"):
+    K.adam_f16(h, h.copy(), h.copy(), _x(3), step=1, b1=1.0)
+  with pytest.raises(ValueError, match=r"binary_conv2d: strides=0; expected an int in \[1, inf\]"):
+    K.binary_conv2d(np.zeros((1, 5, 5, 1), u64), 3, np.zeros((2, 9), u64), (3, 3), strides=0)
+  with pytest.raises(ValueError, match=r"binary_conv2d: kernel height 3 is larger than the padded"):
+    K.binary_conv2d(np.zeros((1, 2, 5, 1), u64), 3, np.zeros((2, 9), u64), (3, 3),
+                    padding="VALID")
+  with pytest.raises(TypeError, match=r"dy_float16=1; expected a bool"):
+    K.batch_norm_l1_backward(_x(2, 4), np.zeros((2, 1), u64), np.ones(4, np.float16),
+                             np.ones(4, np.float16), dy_float16=1)
+
+
+def test_errors_reported_by_c_become_exceptions():
+  w = K.pack_conv_weights(_x(3, 3, 3, 2))
+  w[0, 0] |= np.uint64(1) << np.uint64(10)  # a padding bit (c_in = 3)
+  with pytest.raises(ValueError, match=r"binary_conv2d: the C kernel bnn_binary_conv2d_f32 "
+                                        r"rejected its arguments: packed weights have nonzero "
+                                        r"padding bits"):
+    K.binary_conv2d(np.zeros((1, 4, 4, 1), u64), 3, w, (3, 3))
