@@ -4,7 +4,9 @@ with real residuals, real head.
     python main.py --config configs/imagenet_resnete18.py --workdir workdirs/resnete18
 
 Published: 58.32% top-1 with standard larq training; 57.04% with the proposed method;
-modelled memory saving 3.78x. Needs a multi-device machine (days on one GPU).
+modelled memory saving 3.78x. Expected time: days
+on a multi-GPU machine (not measured here; on 2 CPU cores only the compiled step's
+memory can be studied, `--mode memory`).
 Data: TFDS imagenet2012 in the array_record format: `tfds build imagenet2012
 --file_format=array_record --manual_dir=DIR` with the ILSVRC tars in DIR (README, "Data").
 """

@@ -3,8 +3,9 @@
     python main.py --config configs/svhn_binarynet.py --workdir workdirs/svhn_binarynet
 
 Published (proposed method, batch 100): 95.93% top-1; modelled memory saving 3.71x.
-The paper trains up to 1000 epochs with the plateau schedule; expected time:
-several hours per epoch on 2 CPU cores, about 30 s per epoch on one H100.
+The paper trains up to 1000 epochs with the plateau schedule. Expected time:
+measured on 2 CPU cores: ~32 s per step, about 53 hours per epoch
+(~5980 steps); use a GPU (GPU time not measured yet).
 Data: TFDS svhn_cropped in the array_record format: on a machine with internet,
 `tfds build svhn_cropped --file_format=array_record`, then copy the data_dir (README, "Data").
 """
