@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bnn import memory
+from tests.bnn.models import common
 from bnn.models import cnv
 from bnn.models import registry
 
@@ -36,47 +37,13 @@ def _data(batch, seed=0):
   return x, jnp.arange(batch) % NUM_CLASSES
 
 
-def _random_variables(model, x, seed=0):
-  """Variables of model's shapes without running init (no compilation): kernels
-  uniform in +-1/sqrt(fan_in), betas uniform in +-0.1, running mean 0 and scale 1."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, a):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return jnp.ones(a.shape, a.dtype)
-    if "mean" in name:
-      return jnp.zeros(a.shape, a.dtype)
-    bound = 1 / np.sqrt(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 0.1
-    return jnp.asarray(rng.uniform(-bound, bound, a.shape), a.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @pytest.fixture(scope="module")
 def steps():
   """Per method: (loss, logits, gradients, running statistics after the step, eval
   logits), from one jitted program per method on the same variables and batch."""
   x, labels = _data(4, seed=2)
-  variables = _random_variables(cnv.CNV(num_classes=NUM_CLASSES), x)
-  out = {}
-  for method in ("standard", "proposed"):
-    model = cnv.CNV(num_classes=NUM_CLASSES, method=method)
-
-    @jax.jit
-    def step(variables, x, labels, model=model):
-      def loss(params):
-        (logits, loss), updates = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, x, labels,
-            train=True, mutable=["batch_stats"])
-        return loss, (logits, updates["batch_stats"])
-      (loss, (logits, stats)), grads = jax.value_and_grad(loss, has_aux=True)(
-          variables["params"])
-      return loss, logits, grads, stats, model.apply(variables, x, train=False)
-
-    out[method] = step(variables, x, labels)
-  return variables, out
+  return common.one_step_per_method(
+      lambda method: cnv.CNV(num_classes=NUM_CLASSES, method=method), x, labels)
 
 
 @pytest.mark.parametrize("method", ["standard", "proposed"])
@@ -104,7 +71,7 @@ def test_eval_logits_identical_for_both_methods(steps):
 def _per_example_residuals(method):
   model = cnv.CNV(num_classes=NUM_CLASSES, method=method)
   x, labels = _data(BATCH)
-  variables = _random_variables(model, x)
+  variables = common.random_variables(model, x)
 
   def loss(params, x):
     (_, loss), _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]},

@@ -17,6 +17,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 import quantizers
 from bnn.models import registry, resnet
+from tests.bnn.models import common
 from bnn.ops import binary_conv, binary_dense, sign_activation
 from bnn.ops.sign import derivative_codec
 from tests.reference import dense_conv as ref
@@ -85,54 +86,21 @@ def test_quantizer_defaults():
                                                         "magnitude_aware_sign", False)
 
 
-def _random_variables(model, x, seed=0):
-  """Variables of model's shapes without running init: kernels uniform in
-  +-1/sqrt(fan_in), biases and betas in +-0.1, running mean 0 and scale 1."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, a):
-    name = jax.tree_util.keystr(path)
-    if "scale" in name:
-      return jnp.ones(a.shape, a.dtype)
-    if "mean" in name:
-      return jnp.zeros(a.shape, a.dtype)
-    bound = 1 / np.sqrt(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 0.1
-    return jnp.asarray(rng.uniform(-bound, bound, a.shape), a.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 @functools.lru_cache(maxsize=None)
 def _steps(cls):
   """Per method: (loss, logits, gradients, eval logits) of the shallow variant, one
   jitted program per method, on the same variables and batch."""
   x = jax.random.uniform(jax.random.key(2), (BATCH, 32, 32, 3), minval=-1, maxval=1)
   labels = jnp.arange(BATCH) % 10
-  variables = _random_variables(cls(num_classes=10, **SHALLOW), x)
-  out = {}
-  for method in ("standard", "proposed"):
-    model = cls(num_classes=10, method=method, **SHALLOW)
-
-    @jax.jit
-    def step(variables, x, labels, model=model):
-      def loss(params):
-        (logits, loss), _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]}, x, labels,
-            train=True, mutable=["batch_stats"])
-        return loss, logits
-      (loss, logits), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-      return loss, logits, grads, model.apply(variables, x, train=False)
-
-    out[method] = step(variables, x, labels)
-  return variables, out
+  return common.one_step_per_method(
+      lambda method: cls(num_classes=10, method=method, **SHALLOW), x, labels)
 
 
 @pytest.mark.parametrize("method", ["standard", "proposed"])
 @pytest.mark.parametrize("cls", STEP_MODELS)
 def test_training_step_gives_finite_gradients(cls, method):
   variables, out = _steps(cls)
-  loss, logits, grads, _ = jax.device_get(out[method])  # NumPy from here on
+  loss, logits, grads, _, _ = jax.device_get(out[method])  # NumPy from here on
   assert logits.shape == (BATCH, 10) and np.isfinite(loss)
   assert jax.tree.structure(grads) == jax.tree.structure(variables["params"])
   for g in jax.tree.leaves(grads):
