@@ -11,9 +11,22 @@ config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
                                 "Experiment config file, optionally with :variant.")
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and curves go here "
                     "(default: workdirs/<config file name>).")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "memory"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "memory", "sweep", "export", "import"],
                   "train; eval (test metrics of the best checkpoint); memory (training "
-                  "memory of both methods, modelled per layer and measured).")
+                  "memory of both methods, modelled per layer and measured); sweep (every "
+                  "point of a configs/sweeps/ file, resumable; bnn/sweep.py); export "
+                  "(checkpoint -> pi_backend bundle, bnn/export.py); import (bundle -> "
+                  "checkpoint).")
+flags.DEFINE_string("bundle", None, "pi_backend bundle: written by --mode export (default "
+                    "<workdir>/model.bnnpi), read by --mode import.")
+flags.DEFINE_enum("which", "latest", ["latest", "best"],
+                  "--mode export: the latest or the best-validation checkpoint.")
+flags.DEFINE_integer("sweep_workers", 1, "--mode sweep: points trained at once, each in "
+                     "its own process (1: one after another, in this process).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0 "
+                    "(or $JAX_COORDINATOR_ADDRESS; 'auto': detect Slurm, Open MPI, Cloud TPU).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many (or $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this one, 0.. (or $JAX_PROCESS_ID).")
 FLAGS = flags.FLAGS
 
 
@@ -22,6 +35,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every step at INFO
+  from bnn import distributed
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from bnn import experiment
   config = FLAGS.config
   workdir = FLAGS.workdir or f"workdirs/{config_flags.get_config_filename(FLAGS['config'])}"
@@ -38,6 +53,17 @@ def main(argv):
           f"{workdir}/tensorboard; checkpoints: {workdir}/checkpoints, {workdir}/best")
   elif FLAGS.mode == "eval":
     print(json.dumps(experiment.evaluate(config, workdir), indent=2))
+  elif FLAGS.mode in ("export", "import"):
+    from bnn import export
+    if FLAGS.mode == "export":
+      export.export(config, workdir, FLAGS.bundle, FLAGS.which)
+    elif not FLAGS.bundle:
+      raise app.UsageError("--mode import needs --bundle PATH")
+    else:
+      export.import_bundle(config, FLAGS.bundle, workdir)
+  elif FLAGS.mode == "sweep":
+    from bnn import sweep
+    sweep.run(config, workdir, FLAGS.sweep_workers)
   else:
     from bnn import config_validation, memory_report
     config_validation.validate(config)

@@ -20,16 +20,22 @@ VARIANTS = {  # name -> config overrides
     "standard": {"model.method": "standard"},
     "proposed": {"model.method": "proposed"},
     "proposed_f16": {"model.method": "proposed", "optimizer.state_dtype": "float16"},
+    "proposed_fadam": {"model.method": "proposed", "optimizer.name": "factored_adam"},
+    "proposed_fadam_f16": {"model.method": "proposed", "optimizer.name": "factored_adam",
+                           "optimizer.state_dtype": "float16"},
+    "proposed_fadam_f16_w32": {"model.method": "proposed", "optimizer.name": "factored_adam",
+                               "optimizer.state_dtype": "float16",
+                               "optimizer.weight_dtype": "float32"},
     "proposed_bop": {"model.method": "proposed", "optimizer.name": "bop"},
 }
 
 
-def run(name: str, overrides: dict, epochs: int, workdir: Path) -> dict:
+def run(name: str, overrides: dict, epochs: int, workdir: Path, seed: int = 0) -> dict:
   from bnn import experiment
   from configs import fashion_mnist_mlp
 
   config = fashion_mnist_mlp.get_config()
-  config.num_epochs = epochs
+  config.num_epochs, config.seed = epochs, seed
   for key, value in overrides.items():
     section, field = key.split(".") if "." in key else (None, key)
     (config[section] if section else config)[field] = value
@@ -45,13 +51,15 @@ def main() -> None:
   parser.add_argument("--workdir", type=Path, default=Path("workdirs/bench_accuracy"))
   parser.add_argument("--variants", nargs="+", default=["standard", "proposed", "proposed_f16"],
                       choices=list(VARIANTS))
+  parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", type=Path, default=Path("docs/accuracy.md"))
   args = parser.parse_args()
 
-  results = {name: run(name, VARIANTS[name], args.epochs, args.workdir) for name in args.variants}
+  results = {name: run(name, VARIANTS[name], args.epochs, args.workdir / f"seed{args.seed}",
+                       args.seed) for name in args.variants}
   base = results.get("standard")
-  lines = [f"Fashion-MNIST MLP, {args.epochs} epochs, batch 100, Adam 1e-3, seed 0 "
-           f"(`python bench/accuracy.py --epochs {args.epochs}`)", "",
+  lines = [f"Fashion-MNIST MLP, {args.epochs} epochs, batch 100, Adam 1e-3, seed {args.seed} "
+           f"(`python bench/accuracy.py --epochs {args.epochs} --seed {args.seed}`)", "",
            "| method | test acc (final) | test acc (best val) | vs standard (final) | time (s) |",
            "|---|---|---|---|---|"]
   for name, r in results.items():

@@ -27,20 +27,21 @@ ROWS = {  # name -> (config module, batch, paper's modelled saving)
 }
 
 
-def measure(name: str, state_dtype: str) -> dict:
+def measure(name: str, state_dtype: str, optimizer: str, weight_dtype: str = "default") -> dict:
   from bnn import memory, memory_report, models
   from bnn.data import catalog
 
   module, batch, paper = ROWS[name]
   config = importlib.import_module(f"configs.{module}").get_config()
   config.batch_size = batch
-  config.optimizer.state_dtype = state_dtype
+  config.optimizer.state_dtype, config.optimizer.weight_dtype = state_dtype, weight_dtype
+  config.optimizer.name = optimizer
   start = time.time()
   measured = {m: memory.measure_step(memory_report._for_method(config, m))
               for m in ("standard", "proposed")}
   spec = catalog.get_spec(config.dataset.name)
   layers = memory.modelled(models.create(config.model, spec.num_classes),
-                           (batch, *spec.image_shape))
+                           (batch, *spec.image_shape), optimizer=optimizer)
   modelled = {m: sum(memory.totals(layers, m).values()) for m in ("standard", "proposed")}
   return {"name": name, "batch": batch, "paper": paper, "seconds": time.time() - start,
           "standard": measured["standard"].peak, "proposed": measured["proposed"].peak,
@@ -53,18 +54,25 @@ def main() -> None:
   parser.add_argument("--state-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"],
                       help="the proposed method's latent weights and optimizer state")
+  parser.add_argument("--optimizer", default="adam", choices=["adam", "factored_adam", "bop"],
+                      help="the proposed method's optimizer (standard: Adam)")
+  parser.add_argument("--weight-dtype", default="default",
+                      choices=["default", "float32", "float16", "bfloat16"],
+                      help="the proposed method's latent weights (default: --state-dtype)")
   parser.add_argument("--output", type=Path, default=Path("docs/memory.md"))
   args = parser.parse_args()
 
   rows = []
   for name in args.models:
-    rows.append(measure(name, args.state_dtype))
+    rows.append(measure(name, args.state_dtype, args.optimizer, args.weight_dtype))
     r = rows[-1]
     print(f"{name}: standard {r['standard'] / 2**20:.1f} MiB, proposed "
           f"{r['proposed'] / 2**20:.1f} MiB ({r['seconds']:.0f} s)", flush=True)
   mib = lambda b: f"{b / 2**20:,.1f} MiB"
-  lines = [f"Peak training-step memory (XLA memory analysis, CPU), proposed state dtype "
-           f"{args.state_dtype} (`python bench/memory.py --state-dtype {args.state_dtype}`)", "",
+  flags = (f"--optimizer {args.optimizer} --state-dtype {args.state_dtype} "
+           f"--weight-dtype {args.weight_dtype}")
+  lines = [f"Peak training-step memory (XLA memory analysis, CPU); proposed method with "
+           f"`python bench/memory.py {flags}`", "",
            "| model | batch | standard | proposed | measured ratio | modelled ratio | paper | target met |",
            "|---|---|---|---|---|---|---|---|"]
   for r in rows:

@@ -54,11 +54,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "(the standard method keeps float32 gradients)")
 
   o = config.optimizer
-  if o.name not in ("adam", "bop"):
-    _fail("optimizer.name", o.name, "'adam' or 'bop'")
-  if o.state_dtype not in ("default", "float32", "float16", "bfloat16"):
-    _fail("optimizer.state_dtype", o.state_dtype,
-          "one of 'default', 'float32', 'float16', 'bfloat16'")
+  if o.name not in ("adam", "factored_adam", "bop"):
+    _fail("optimizer.name", o.name, "'adam', 'factored_adam' or 'bop'")
+  for key in ("state_dtype", "weight_dtype"):
+    if o[key] not in ("default", "float32", "float16", "bfloat16"):
+      _fail(f"optimizer.{key}", o[key], "one of 'default', 'float32', 'float16', 'bfloat16'")
   if not 0 < o.bop_gamma <= 1:
     _fail("optimizer.bop_gamma", o.bop_gamma, "a number in (0, 1]")
   if o.bop_threshold < 0:
@@ -71,6 +71,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _fail("optimizer.plateau_patience", o.plateau_patience, "a positive number of epochs")
   if o.plateau_min_delta < 0:
     _fail("optimizer.plateau_min_delta", o.plateau_min_delta, "a number >= 0")
+
+  s = config.sharding
+  if s.state not in ("replicated", "sharded"):
+    _fail("sharding.state", s.state, "'replicated' or 'sharded'")
+  if isinstance(s.num_devices, bool) or not isinstance(s.num_devices, int) or \
+     not (s.num_devices == -1 or s.num_devices >= 1):
+    _fail("sharding.num_devices", s.num_devices, "-1 (all devices) or a positive integer")
+
+
+def check_batch_split(config: ml_collections.ConfigDict, num_devices: int,
+                      num_processes: int = 1) -> None:
+  """The global batches must split evenly over the devices (and so over the
+  processes); checked when the mesh is known, before anything is compiled."""
+  for key in ("batch_size", "eval_batch_size"):
+    for count, what in ((num_devices, "devices"), (num_processes, "processes")):
+      if config[key] % count:
+        hint = ""
+        if what == "devices" and num_processes == 1:
+          fewer = max(d for d in range(1, count) if config[key] % d == 0)
+          hint = f", or fewer devices: --config.sharding.num_devices={fewer}"
+        _fail(key, config[key], f"a multiple of the {count} {what} it is split over "
+              f"(e.g. {max(count, config[key] // count * count)} or "
+              f"{(config[key] // count + 1) * count}){hint}")
 
 
 def _quantizer(key: str, spec: str, kind: str):

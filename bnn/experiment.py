@@ -11,6 +11,11 @@ Workdir layout:
 Resuming is exact: the data order depends only on (seed, step), and the training
 state (parameters, batch-norm statistics, optimizer and plateau state, RNG)
 comes back bit for bit.
+
+Devices and hosts (bnn/distributed.py): the global batch is split over a mesh of
+all devices (config.sharding); every process reads only its rows of each batch;
+all processes save and restore the checkpoints together (orbax), and only
+process 0 writes config.json, metrics, curves and results.json.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from bnn import config_validation, data, metrics_log, models, optim, train
+from bnn import config_validation, data, distributed, metrics_log, models, optim, train
 
 
 def learning_rate(config, state: train.TrainState) -> float:
@@ -37,36 +42,62 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
     config_validation.validate(config)
+    self.mesh = distributed.make_mesh(config.sharding.num_devices)
+    config_validation.check_batch_split(config, self.mesh.size, jax.process_count())
     self.config, self.workdir = config, Path(workdir)
+    batch_sharding = distributed.plan({}, self.mesh).batch
+    self.rows = {  # (start, stop) of this process's rows in a global batch
+        size: distributed.process_rows(batch_sharding, size)
+        for size in (config.batch_size, config.eval_batch_size)}
     d = config.dataset
     common = dict(seed=config.seed, validation_size=d.validation_size,
                   data_dir=d.data_dir or None)
     self.train_data = data.make_dataset(d.name, split="train", batch_size=config.batch_size,
-                                        augment=d.augment, **common)
+                                        augment=d.augment, **self._shard(config.batch_size),
+                                        **common)
     self.eval_data = {
         split: data.make_dataset(d.name, split=split, batch_size=config.eval_batch_size,
-                                 train=False, **common)
+                                 train=False, **self._shard(config.eval_batch_size), **common)
         for split in (("validation", "test") if d.validation_size > 0 else ("test",))}
     self.model = models.create(config.model, self.train_data.num_classes)
     steps_per_epoch = self.train_data.steps_per_epoch
     self.num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                             else config.num_epochs * steps_per_epoch)
     self.tx = optim.make_optimizer(config, steps_per_epoch)
-    example = jnp.zeros((1, *self.train_data.image_shape), jnp.float32)
-    self.abstract_state = jax.eval_shape(self.initial_state)
+    abstract = jax.eval_shape(self._create_state)
+    self.plan = distributed.plan(abstract, self.mesh, config.sharding.state)
+    self.abstract_state = distributed.with_shardings(abstract, self.plan.state)
 
-  def initial_state(self) -> train.TrainState:
+  def _shard(self, global_rows: int) -> dict:
+    start, stop = self.rows[global_rows]
+    return dict(shard_index=start // (stop - start), shard_count=global_rows // (stop - start))
+
+  def _create_state(self) -> train.TrainState:
     example = jnp.zeros((1, *self.train_data.image_shape), jnp.float32)
     return train.create_train_state(self.model, self.tx, example, self.config.seed,
                                     lambda params: optim.initial_params(self.config, params))
 
+  def initial_state(self) -> train.TrainState:
+    """The initial state, created in place on the mesh (replicated or sharded)."""
+    return jax.jit(self._create_state, out_shardings=self.plan.state)()
+
+  def global_batch(self, batch: dict, global_rows: int) -> dict:
+    """This process's rows of a batch -> global arrays split over the mesh."""
+    start, stop = self.rows[global_rows]
+    return distributed.global_batch(batch, self.plan.batch, stop - start, global_rows)
+
   def checkpoints(self, which: str = "checkpoints") -> ocp.CheckpointManager:
+    """The orbax manager of workdir/<which>; every process must create and call it.
+    Its barrier keys carry `which`: both managers may save the same step at once."""
+    processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=which)
     if which == "best":
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max")
+          max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max",
+          multiprocessing_options=processes)
     else:
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=2, save_interval_steps=self.config.checkpoint_every_steps)
+          max_to_keep=2, save_interval_steps=self.config.checkpoint_every_steps,
+          multiprocessing_options=processes)
     return ocp.CheckpointManager((self.workdir / which).absolute(), options=options)
 
   def restore(self, manager: ocp.CheckpointManager, step: int | None = None):
@@ -74,12 +105,13 @@ class Experiment:
     return manager.restore(step, args=ocp.args.StandardRestore(self.abstract_state))
 
   def evaluate(self, state: train.TrainState, split: str) -> dict[str, float]:
-    eval_step = train.make_eval_step(self.model)
+    eval_step = train.make_eval_step(self.model, self.plan)
     totals = {"loss_sum": 0.0, "correct": 0, "count": 0}
     limit = self.config.eval_steps if self.config.eval_steps > 0 else None
     for i, batch in enumerate(self.eval_data[split]):
       if limit is not None and i >= limit:
         break
+      batch = self.global_batch(batch, self.config.eval_batch_size)
       result = jax.device_get(eval_step(state, batch["image"], batch["label"]))
       for k in totals:
         totals[k] += result[k]
@@ -91,25 +123,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains (resuming from the newest checkpoint in workdir, if any) and returns the
   final metrics: test accuracy of the last and of the best-validation state."""
   exp = Experiment(config, workdir)
+  main = distributed.is_main_process()
   exp.workdir.mkdir(parents=True, exist_ok=True)
-  (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+  if main:
+    (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   latest, best = exp.checkpoints(), exp.checkpoints("best")
 
   if latest.latest_step() is not None:
     state = exp.restore(latest)
-    print(f"resuming from step {int(state.step)} ({exp.workdir / 'checkpoints'})", flush=True)
+    if main:
+      print(f"resuming from step {int(state.step)} ({exp.workdir / 'checkpoints'})", flush=True)
   else:
     state = exp.initial_state()
   start = int(state.step)
-  log = metrics_log.MetricsLog(exp.workdir, resume_step=start)
-  step_fn = train.make_train_step(exp.model, exp.tx)
+  log = metrics_log.MetricsLog(exp.workdir, resume_step=start) if main else metrics_log.NullLog()
+  step_fn = train.make_train_step(exp.model, exp.tx, exp.plan)
   steps_per_epoch = exp.train_data.steps_per_epoch
   window = []
 
   batches = exp.train_data.dataset[start:exp.num_train_steps]
   with tqdm(total=exp.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
-            desc=f"{config.model.name}/{config.model.method}") as bar:
+            desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar:
     for step, batch in enumerate(batches.to_iter_dataset(), start=start + 1):
+      batch = exp.global_batch(batch, config.batch_size)
       state, metrics = step_fn(state, batch["image"], batch["label"])
       window.append(metrics)
       if step % config.log_every_steps == 0 or step == exp.num_train_steps:
@@ -124,11 +160,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       if end_of_epoch and "validation" in exp.eval_data:
         val = exp.evaluate(state, "validation")
         log.write(step, "validation", val)
-        state = state.replace(monitor=jnp.asarray(1.0 - val["accuracy"], jnp.float32))
+        state = state.replace(monitor=exp.plan.put_replicated(np.float32(1.0 - val["accuracy"])))
         best.save(step, args=ocp.args.StandardSave(state),
                   metrics={"val_accuracy": val["accuracy"]})
-        bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): validation accuracy "
-                  f"{val['accuracy']:.4f}")
+        if main:
+          bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): validation accuracy "
+                    f"{val['accuracy']:.4f}")
       latest.save(step, args=ocp.args.StandardSave(state), force=step == exp.num_train_steps)
       bar.update(1)
 
@@ -140,10 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     results["best_test"] = exp.evaluate(exp.restore(best, best.best_step()), "test")
   log.write(int(state.step), "test", results["test"])
   log.close()
-  (exp.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-  metrics_log.plot_curves(exp.workdir / "metrics.jsonl", exp.workdir / "curves.png",
-                          title=f"{config.model.name} / {config.dataset.name} / "
-                                f"{config.model.method}")
+  if main:
+    (exp.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    metrics_log.plot_curves(exp.workdir / "metrics.jsonl", exp.workdir / "curves.png",
+                            title=f"{config.model.name} / {config.dataset.name} / "
+                                  f"{config.model.method}")
   latest.close()
   best.close()
   return results

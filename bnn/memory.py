@@ -77,7 +77,7 @@ def _layer_bits(kind: str, first_layer: bool, inputs: int, outputs: int, channel
   """Bits one layer keeps in a training step, by category.
 
   weights      = params * bits(weight)           weight_grads = params * bits(weight_grad)
-  optimizer    = moments * params * bits(moment) (Adam: 2 moments)
+  optimizer    = moments * params * bits(moment) (Adam: 2; factored_adam, Bop: 1)
   bn_state     = 2 * channels * 32               (running mean and scale)
   activations  = what the backward pass keeps:
     binary dense/conv: its input * bits(kept), 0 for the first layer (the batch itself)
@@ -142,13 +142,15 @@ def modelled(model, input_shape: tuple[int, ...], optimizer: str = "adam",
   if records and records[0][1] in _REAL_LAYERS:  # a real stem sees the batch itself
     records[0] = (*records[0][:2], True, *records[0][3:])
 
-  moments = 1 if optimizer == "bop" else 2
+  # Adam: 2 moments per weight. The proposed method's optimizer as configured:
+  # factored_adam and Bop keep one (their per-tensor factors are negligible).
+  moments = {"standard": 2, "proposed": 2 if optimizer == "adam" else 1}
   layers = []
   for path, kind, first, in_shape, out_shape, params in records:
     per_method = {}
     for method, bits in _BITS.items():
       b = _layer_bits(kind, first, _elements(in_shape), _elements(out_shape), out_shape[-1],
-                      params, bits, moments, method)
+                      params, bits, moments[method], method)
       per_method[method] = {k: v / 8 for k, v in b.items()}
     layers.append(LayerMemory("/".join(path), kind, in_shape, out_shape, params, per_method))
 

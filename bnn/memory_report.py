@@ -18,7 +18,8 @@ def _for_method(config, method: str):
   if method == "standard":
     for key in ("grad_quantizer", "bn_grad_quantizer", "weight_grad_quantizer"):
       c.model[key] = "default"
-    c.optimizer.state_dtype = "default"
+    c.optimizer.state_dtype = c.optimizer.weight_dtype = "default"
+    c.optimizer.name = "adam"
   return c
 
 

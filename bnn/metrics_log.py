@@ -63,3 +63,13 @@ def plot_curves(jsonl: Path, png: Path, title: str = "") -> Path:
   fig.savefig(png, dpi=110)
   plt.close(fig)
   return Path(png)
+
+
+class NullLog:
+  """What processes other than 0 log: nothing."""
+
+  def write(self, step: int, split: str, metrics: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass

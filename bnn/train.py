@@ -1,6 +1,8 @@
 """The training state and one jitted training step; evaluation.
 
 The loop around them (data, checkpoints, metrics) lives in bnn/experiment.py.
+Given a bnn.distributed.Plan, the steps are compiled for a device mesh: the batch
+split over the "data" axis, the state replicated or sharded as the plan says.
 """
 from __future__ import annotations
 
@@ -52,8 +54,15 @@ def loss_fn(model: nn.Module, params, batch_stats, images, labels, rng):
   return loss, (logits, updates["batch_stats"])
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Callable:
-  """step(state, images, labels) -> (state, metrics); jitted, the state donated."""
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    plan=None) -> Callable:
+  """step(state, images, labels) -> (state, metrics); jitted, the state donated.
+
+  plan: a bnn.distributed.Plan (None: one device, the arrays where they are). With a
+  sharded state XLA gathers each parameter where the forward and backward pass use
+  it, and the gradients are reduce-scattered to the state's shards, where the
+  update happens.
+  """
   tx = optax.with_extra_args_support(tx)  # the plateau schedule reads `value`
 
   def step(state: TrainState, images, labels):
@@ -61,23 +70,34 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation) -> Calla
     grad_fn = jax.value_and_grad(loss_fn, argnums=1, has_aux=True)
     (loss, (logits, batch_stats)), grads = grad_fn(model, state.params, state.batch_stats,
                                                   images, labels, step_rng)
+    if plan is not None and plan.sharded:
+      grads = plan.like_state(grads, "params")
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=state.monitor)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, rng=rng), metrics
 
-  return jax.jit(step, donate_argnums=0)
+  if plan is None:
+    return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, in_shardings=(plan.state, plan.batch, plan.batch),
+                 out_shardings=(plan.state, plan.replicated))
 
 
-def make_eval_step(model: nn.Module) -> Callable:
-  """eval(state, images, labels) -> dict of summed loss, correct count and count."""
+def make_eval_step(model: nn.Module, plan=None) -> Callable:
+  """eval(state, images, labels) -> dict of summed loss, correct count and count.
+  Rows labelled -1 (padding of a short last batch) are not counted."""
 
   def evaluate(state: TrainState, images, labels):
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                          to_float(images), train=False)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return {"loss_sum": loss.sum(), "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-            "count": jnp.asarray(labels.shape[0])}
+    valid = labels >= 0
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    return {"loss_sum": jnp.sum(jnp.where(valid, loss, 0.0)),
+            "correct": jnp.sum(valid & (jnp.argmax(logits, -1) == labels)),
+            "count": jnp.sum(valid)}
 
-  return jax.jit(evaluate)
+  if plan is None:
+    return jax.jit(evaluate)
+  return jax.jit(evaluate, in_shardings=(plan.state, plan.batch, plan.batch),
+                 out_shardings=plan.replicated)

@@ -28,12 +28,17 @@ def base() -> ml_collections.ConfigDict:
   c.model.weight_grad_quantizer = "default"
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adam"            # "adam" | "bop" (Bop on binary kernels, Adam elsewhere)
+  # "adam"; "factored_adam" (binary kernels: Adam with a row x column second
+  # moment, exact for sign(dW)/sqrt(N) gradients; bnn/optim.py); "bop" (Bop on
+  # binary kernels); Adam elsewhere.
+  c.optimizer.name = "adam"
   c.optimizer.lr = 1e-3
-  # Where latent weights and optimizer moments live: "float32", "float16",
-  # "bfloat16", or "default" (float32; 16-bit state costs accuracy until the update
-  # is rounded stochastically: docs/accuracy.md).
+  # Where the optimizer moments live: "float32", "float16", "bfloat16", or
+  # "default" (float32). The memory-lean choice is the ":lean" variant (factored_adam,
+  # float16 moments); plain Adam in float16 costs accuracy (docs/accuracy.md).
   c.optimizer.state_dtype = "default"
+  # The latent weights: "default" = state_dtype (bnn/optim.py weight_dtype).
+  c.optimizer.weight_dtype = "default"
   c.optimizer.bop_gamma = 1e-4
   c.optimizer.bop_threshold = 1e-8
   # Halve the learning rate when validation accuracy has not improved by
@@ -41,6 +46,15 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.plateau_factor = 0.5
   c.optimizer.plateau_patience = 50
   c.optimizer.plateau_min_delta = 1e-4
+
+  # Data parallelism (bnn/distributed.py): the global batch is split over a mesh of
+  # all devices of all processes; batch_size and eval_batch_size must divide by the
+  # device count. state: "replicated" (parameters and optimizer state on every
+  # device) or "sharded" (FSDP style: each array split along its largest axis that
+  # the device count divides). num_devices: -1 = all; n = the first n (one process).
+  c.sharding = ml_collections.ConfigDict()
+  c.sharding.state = "replicated"
+  c.sharding.num_devices = -1
 
   c.batch_size = 100
   c.eval_batch_size = 1000
@@ -65,8 +79,8 @@ def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies ``--config file.py:ARG``: "quick", "standard", "po2", or a combination
-  joined by commas ("standard,quick")."""
+  """Applies ``--config file.py:ARG``: "quick", "standard", "proposed", "po2",
+  "lean", or a combination joined by commas ("lean,quick")."""
   for name in filter(None, (arg or "").split(",")):
     if name == "quick":
       quick(c)
@@ -75,7 +89,11 @@ def variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Con
     elif name == "po2":
       c.model.grad_quantizer = "po2(bits=4, bias=8)"
       c.model.bn_grad_quantizer = "identity"
+    elif name == "lean":  # the memory-lean optimizer state (docs/memory.md, docs/accuracy.md)
+      c.optimizer.name = "factored_adam"
+      c.optimizer.state_dtype = "float16"
+      c.optimizer.weight_dtype = "float32"
     else:
       raise ValueError(f"unknown config variant {name!r}; expected a comma-separated "
-                       f"list of: quick, standard, proposed, po2")
+                       f"list of: quick, standard, proposed, po2, lean")
   return c

@@ -24,7 +24,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIB_NAME = "libbnnpi.so"
-ABI_VERSION = 1  # must match BNN_ABI_VERSION in csrc/bnnpi.h
+ABI_VERSION = 2  # must match BNN_ABI_VERSION in csrc/bnnpi.h
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -46,11 +46,15 @@ def library_path() -> Path:
   return Path(env).resolve() if env else build_dir() / LIB_NAME
 
 
+# Programs in csrc/ that are not part of the library (tests, valgrind driver, fuzzer).
+_PROGRAMS = ("test_kernels.c", "train_step.c", "fuzz_kernels.c")
+
+
 def _sources() -> list[Path]:
-  """The files the library is built from (not the C test program)."""
+  """The files the library is built from (not the C test programs)."""
   csrc = PACKAGE_DIR / "csrc"
   files = [p for p in csrc.iterdir() if p.suffix in (".c", ".h", ".inc")]
-  return [PACKAGE_DIR / "Makefile"] + [p for p in files if p.name != "test_kernels.c"]
+  return [PACKAGE_DIR / "Makefile"] + [p for p in files if p.name not in _PROGRAMS]
 
 
 def _stale(lib: Path) -> bool:
@@ -176,7 +180,9 @@ _SIGNATURES = {
     "bnn_error_string": (ctypes.c_char_p, [_INT]),
     "bnn_set_popcount_impl": (_INT, [_INT]),
     "bnn_popcount_impl": (_INT, []),
+    "bnn_popcount_impl_available": (_INT, [_INT]),
     "bnn_popcount_impl_name": (ctypes.c_char_p, []),
+    "bnn_popcount_impl_name_of": (ctypes.c_char_p, [_INT]),
     "bnn_words": (_I, [_I]),
     "bnn_pack": (_INT, [_P, _I, _I, _P]),
     "bnn_unpack": (_INT, [_P, _I, _I, _P]),

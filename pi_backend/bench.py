@@ -1,10 +1,17 @@
 """Micro-benchmark of the kernels against NumPy float32, on one thread.
 
-    python -m pi_backend.bench [--repeat 50]
+    python -m pi_backend.bench [--repeat 50] [--gemm-only]
 
 Re-runs itself with OMP/OpenBLAS/MKL thread counts set to 1 (they must be set before
 NumPy is imported), so that NumPy's BLAS and the C kernels both use one core. Prints
-the best time of each kernel over the repeats.
+the best time of each kernel over the repeats (the best, not the median: on a shared
+machine the other processes only ever add time).
+
+First table: the binary GEMM (XNOR-popcount on packed operands, int32 out) with every
+popcount implementation against np.matmul of float32 (m, k) @ (k, n), the same logical
+shape, timed in turns (numpy, then each implementation, repeat times) so that both see
+the same load. "xnor_gemm" is the Python call (argument checks included); "C" the bare
+ctypes call. Second table: the other kernels.
 """
 from __future__ import annotations
 
@@ -27,9 +34,60 @@ def _best(fn, repeat: int) -> float:
   return best
 
 
+# (m, k, n, what): the MLP's dense layers at batch 200 and 1, CNV's 3x3 convs as im2col
+# GEMMs (m = batch * output pixels, k = 9 * c_in, n = c_out).
+GEMM_SHAPES = [
+    (200, 256, 256, "MLP 256 -> 256, batch 200"),
+    (200, 784, 256, "MLP 784 -> 256, batch 200"),
+    (1, 256, 256, "MLP 256 -> 256, batch 1"),
+    (100 * 28 * 28, 9 * 64, 64, "CNV conv 64 -> 64 (28x28), batch 100"),
+    (10 * 28 * 28, 9 * 64, 64, "CNV conv 64 -> 64 (28x28), batch 10"),
+    (100 * 10 * 10, 9 * 128, 128, "CNV conv 128 -> 128 (10x10), batch 100"),
+    (100 * 3 * 3, 9 * 256, 256, "CNV conv 256 -> 256 (3x3), batch 100"),
+]
+
+
+def gemm_table(np, K, repeat: int) -> list[str]:
+  """Lines of the binary GEMM table (see the module docstring)."""
+  from pi_backend import _lib  # pylint: disable=import-outside-toplevel
+  lib = _lib.load()
+  rng = np.random.default_rng(0)
+  impls = K.popcount_impls()
+  codes = {name: K._IMPLS.get(name, 2) for name in impls}  # pylint: disable=protected-access
+  head = (f"{'shape m x k x n':>20}  {'what':<38} {'numpy f32':>10}" +
+          "".join(f"  {name + ' (x)':>22}" for name in impls) + f"  {'C ' + impls[-1]:>22}")
+  lines = [head]
+  for m, k, n, what in GEMM_SHAPES:
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    xp, wpt = K.pack(x), K.pack_transposed(w)
+    out_f, out_i = np.empty((m, n), np.float32), np.empty((m, n), np.int32)
+    reps = max(3, min(repeat, int(4e9 / (m * k * n))))
+    args = (xp.ctypes.data, wpt.ctypes.data, m, n, k, out_i.ctypes.data)
+    fns = {"numpy": lambda: np.matmul(x, w, out=out_f),
+           **{name: lambda: K.xnor_gemm(xp, wpt, k, out=out_i) for name in impls},
+           "C": lambda: lib.bnn_xnor_gemm_i32(*args)}
+    best = {name: float("inf") for name in fns}
+    for r in range(reps + 1):
+      for name, fn in fns.items():
+        if name != "numpy":  # (not timed)
+          lib.bnn_set_popcount_impl(codes[impls[-1] if name == "C" else name])
+        t0 = time.perf_counter()
+        fn()
+        if r:  # the first round warms up
+          best[name] = min(best[name], time.perf_counter() - t0)
+    np.testing.assert_array_equal(out_i, np.where(x >= 0, 1, -1) @ np.where(w >= 0, 1, -1))
+    cells = "".join(f"  {best[name] * 1e3:9.3f} ms {best['numpy'] / best[name]:6.1f}x"
+                    for name in [*impls, "C"])
+    lines.append(f"{m:>7} x {k:>4} x {n:>4}  {what:<38} {best['numpy'] * 1e3:7.3f} ms{cells}")
+  K.set_popcount_impl("auto")
+  return lines
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--repeat", type=int, default=50)
+  parser.add_argument("--gemm-only", action="store_true", help="only the binary GEMM table")
   args = parser.parse_args(argv)
   if any(os.environ.get(v) != "1" for v in _THREAD_VARS):
     env = dict(os.environ, **{v: "1" for v in _THREAD_VARS})
@@ -38,6 +96,12 @@ def main(argv=None) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   from pi_backend import kernels as K  # pylint: disable=import-outside-toplevel
 
+  print(f"binary GEMM vs numpy float32 matmul, one thread, best of up to {args.repeat}; "
+        f"(x): numpy time / this time")
+  print("\n".join(gemm_table(np, K, args.repeat)))
+  if args.gemm_only:
+    return
+  print()
   rng = np.random.default_rng(0)
   rows = []
 
@@ -54,11 +118,8 @@ def main(argv=None) -> None:
   macs = m * k * n
   row(f"numpy float32 matmul {m}x{k} @ {k}x{n}", _best(lambda: np.matmul(xb, wb, out=out_f),
                                                         args.repeat), macs)
-  for impl in ("portable", "hardware"):
-    try:
-      name = K.set_popcount_impl(impl)
-    except ValueError:
-      continue
+  for impl in K.popcount_impls():
+    name = K.set_popcount_impl(impl)
     row(f"xnor_gemm int32 ({name}), packed operands",
         _best(lambda: K.xnor_gemm(xp, wpt, k, out=out_i), args.repeat), macs)
   K.set_popcount_impl("auto")

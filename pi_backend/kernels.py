@@ -30,7 +30,8 @@ U32 = np.dtype(np.uint32)
 U8 = np.dtype(np.uint8)
 I32 = np.dtype(np.int32)
 
-_IMPLS = {"auto": 0, "portable": 1, "hardware": 2}
+_IMPLS = {"auto": 0, "portable": 1, "hardware": 2, "x86-popcnt": 2, "neon": 2, "x86-avx2": 3,
+          "x86-avx512bw": 4}
 
 
 # ---- argument checks -------------------------------------------------------------------
@@ -43,11 +44,12 @@ def _array(fn: str, name: str, a, dtype, shape=None, *, what: str = "", min_ndim
            writable: bool = False) -> np.ndarray:
   """Checks one array argument. shape: a tuple of ints / None (any) or None (any shape)."""
   dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
-  names = " or ".join(np.dtype(d).name for d in dtypes)
   if not isinstance(a, np.ndarray):
+    names = " or ".join(np.dtype(d).name for d in dtypes)
     raise TypeError(f"{fn}: {name} must be a numpy.ndarray of dtype {names}; got "
                     f"{type(a).__name__}")
-  if not any(a.dtype == np.dtype(d) for d in dtypes):
+  if not any(a.dtype == d for d in dtypes):
+    names = " or ".join(np.dtype(d).name for d in dtypes)  # (only for the message: slow)
     raise TypeError(f"{fn}: {name} has dtype {a.dtype}; expected {names} (native byte order), e.g. "
                     f"np.ascontiguousarray({name}, np.{np.dtype(dtypes[0]).name})")
   suffix = f" {what}" if what else ""
@@ -146,17 +148,35 @@ def words(n: int) -> int:
 
 
 def popcount_impl() -> str:
-  """The popcount implementation in use: 'portable', 'x86-popcnt' or 'neon'."""
+  """The popcount implementation in use: 'portable', 'x86-popcnt', 'neon', 'x86-avx2' or
+  'x86-avx512bw' (all give identical results; they differ in speed)."""
   return _lib.load().bnn_popcount_impl_name().decode()
 
 
+def popcount_impls() -> list[str]:
+  """The names of the popcount implementations this CPU can run, portable first."""
+  lib = _lib.load()
+  return [lib.bnn_popcount_impl_name_of(code).decode() for code in (1, 2, 3, 4)
+          if lib.bnn_popcount_impl_available(code)]
+
+
 def set_popcount_impl(impl: str) -> str:
-  """Chooses 'auto', 'portable' or 'hardware'; returns the name now in use. ValueError
-  when 'hardware' is not available on this CPU."""
+  """Chooses the popcount implementation of the XNOR kernels: 'auto' (the fastest this
+  CPU has), 'portable', 'hardware' (the scalar one: x86 POPCNT or NEON), or a name from
+  ``popcount_impls()``; returns the name now in use. ValueError when it is not available
+  on this CPU (the choice in use is kept). A process-wide setting (not to be changed
+  while a kernel runs)."""
   if impl not in _IMPLS:
     raise ValueError(f"set_popcount_impl: impl={impl!r}; expected one of {list(_IMPLS)}")
-  if _lib.load().bnn_set_popcount_impl(_IMPLS[impl]) != 0:
-    raise ValueError(f"set_popcount_impl: impl={impl!r} is not available on this CPU")
+  lib = _lib.load()
+  code = _IMPLS[impl]
+  named = impl not in ("auto", "hardware")
+  if not (code == 0 or lib.bnn_popcount_impl_available(code)) or (
+      named and impl not in popcount_impls()):
+    raise ValueError(f"set_popcount_impl: impl={impl!r} is not available on this CPU; "
+                     f"available: {popcount_impls()}")
+  if lib.bnn_set_popcount_impl(code) != 0:
+    raise ValueError(f"set_popcount_impl: the library refused impl={impl!r}")
   return popcount_impl()
 
 
@@ -758,7 +778,7 @@ __all__ = [
     "conv2d_backward_weight", "conv_output_hw", "conv_padding", "f16_to_f32", "f32_to_f16",
     "from_uint8", "im2col_packed", "matmul_sign_t", "matmul_sign_t_packed", "max_pool2x2",
     "max_pool2x2_backward", "pack", "pack_conv_weights", "pack_transposed", "po2",
-    "popcount_impl", "set_popcount_impl", "sign_conv2d", "sign_matmul", "sign_matmul_packed",
-    "sign_ste", "sign_ste_backward", "sign_t_matmul", "t_matmul", "to_uint8", "unpack",
-    "words", "xnor_gemm",
+    "popcount_impl", "popcount_impls", "set_popcount_impl", "sign_conv2d", "sign_matmul",
+    "sign_matmul_packed", "sign_ste", "sign_ste_backward", "sign_t_matmul", "t_matmul",
+    "to_uint8", "unpack", "words", "xnor_gemm",
 ]

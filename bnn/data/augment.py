@@ -18,8 +18,9 @@ likely); fill="edge" (default) matches Keras, fill="zero" pads with 0 (black,
 -1 after scaling; not the 0.0 mid-grey a float-domain zero pad would give).
 
 All randomness comes from the `np.random.Generator` passed in; the pipeline
-seeds one per batch from (seed, epoch, batch index), so augmentation is
-reproducible and resumable.
+seeds one per batch from (seed, epoch, batch index) for shifts and flips, and
+one per row for crops, so augmentation is reproducible, resumable, and the same
+whether a batch is made by one process or split over several.
 """
 
 from __future__ import annotations
@@ -81,20 +82,31 @@ def parse_augment(spec: str | None) -> Augment:
     return Augment(**fields)
 
 
-def shift_and_flip(images: np.ndarray, augment: Augment, rng: np.random.Generator) -> np.ndarray:
-    """Randomly shifts and/or flips each image of the uint8 batch [B, H, W, C]; same shape and dtype."""
+def shift_and_flip(
+    images: np.ndarray, augment: Augment, rng: np.random.Generator, *, first_row: int = 0, total_rows: int | None = None
+) -> np.ndarray:
+    """Randomly shifts and/or flips each image of the uint8 batch [B, H, W, C]; same shape and dtype.
+
+    first_row / total_rows: `images` are rows [first_row, first_row + B) of a batch of
+    total_rows (default B); the random draws are made for the whole batch, so each
+    row is augmented as it would be in the whole batch (one shard per process).
+    """
     if augment.shift == 0 and not augment.flip:
         return images
     b, h, w = images.shape[:3]
+    total_rows = b if total_rows is None else total_rows
+    if not 0 <= first_row <= first_row + b <= total_rows:
+        raise ValueError(f"rows [{first_row}, {first_row + b}) are not inside a batch of {total_rows}")
+    rows_of = lambda draws: draws[first_row : first_row + b]
     rows = np.broadcast_to(np.arange(h), (b, h))
     cols = np.broadcast_to(np.arange(w), (b, w))
     if augment.shift:
         # Output pixel (i, j) takes input pixel (i - dy, j - dx).
-        dy = np.rint(rng.uniform(-augment.shift * h, augment.shift * h, size=b)).astype(np.int64)
-        dx = np.rint(rng.uniform(-augment.shift * w, augment.shift * w, size=b)).astype(np.int64)
+        dy = rows_of(np.rint(rng.uniform(-augment.shift * h, augment.shift * h, size=total_rows)).astype(np.int64))
+        dx = rows_of(np.rint(rng.uniform(-augment.shift * w, augment.shift * w, size=total_rows)).astype(np.int64))
         rows, cols = rows - dy[:, None], cols - dx[:, None]
     if augment.flip:
-        flip = rng.random(b) < 0.5
+        flip = rows_of(rng.random(total_rows)) < 0.5
         cols = np.where(flip[:, None], w - 1 - cols, cols)
     # One gather of whole pixels (C bytes viewed as one void element): 2-3x faster than
     # fancy indexing over (b, row, col) for a CIFAR batch.

@@ -18,7 +18,12 @@ by `BatchMaker` from the global step k:
 
 so the data order and augmentation depend only on (seed, k): the same on every
 run, different for every epoch, and resuming at step k needs nothing but k
-(which is what grain's iterator state holds). Examples are not pushed through
+(which is what grain's iterator state holds).
+
+Several processes (multi-host data parallelism): with shard_count=P, process i
+reads and augments only rows [i * B/P, (i + 1) * B/P) of each global batch of B,
+and gets exactly those rows of what one process would get (the random shifts and
+flips are drawn for the whole batch, each random crop from its own row's seed). Examples are not pushed through
 grain one by one: grain's per-element bookkeeping costs ~0.2 ms per element on a
 2 GHz Xeon, more than the whole vectorised batch (~0.3 ms for 100 MNIST images).
 """
@@ -37,7 +42,7 @@ import numpy as np
 from bnn.data import augment as augment_lib
 from bnn.data import catalog, sources
 
-_SHUFFLE_TAG, _AUGMENT_TAG = 0x5F1, 0xA06
+_SHUFFLE_TAG, _AUGMENT_TAG, _CROP_TAG = 0x5F1, 0xA06, 0xC20
 
 
 def to_float(images, dtype=np.float32):
@@ -50,11 +55,29 @@ def to_float(images, dtype=np.float32):
 
 
 class BatchMaker:
-    """Global step -> batch dict. Picklable, thread-safe, deterministic in (seed, step)."""
+    """Global step -> batch dict. Picklable, thread-safe, deterministic in (seed, step).
 
-    def __init__(self, view, *, image_shape, batch_size: int, shuffle: bool, drop_remainder: bool, augment, seed: int):
+    batch_size is the global batch; the dict holds shard `shard_index` of
+    `shard_count` equal row blocks of it.
+    """
+
+    def __init__(
+        self,
+        view,
+        *,
+        image_shape,
+        batch_size: int,
+        shuffle: bool,
+        drop_remainder: bool,
+        augment,
+        seed: int,
+        shard_index: int = 0,
+        shard_count: int = 1,
+    ):
         self.view, self.batch_size, self.shuffle, self.seed = view, batch_size, shuffle, seed
         self.image_shape, self.augment = tuple(image_shape), augment
+        self.local_rows = batch_size // shard_count
+        self.first_row = shard_index * self.local_rows
         n = len(view)
         self.steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
         self._init_cache()
@@ -85,16 +108,23 @@ class BatchMaker:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         epoch, b = divmod(int(step), self.steps_per_epoch)
         positions = self.permutation(epoch)[b * self.batch_size : (b + 1) * self.batch_size]
+        total = len(positions)  # the global batch; short at the end of an evaluation epoch
+        positions = positions[self.first_row : self.first_row + self.local_rows]
         batch = self.view.get_batch(positions)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _AUGMENT_TAG, epoch, b]))
         images = batch["image"]
         if isinstance(images, list):  # Encoded images of varying size: decode and crop each.
             crops = [
-                augment_lib.crop_encoded(x, self.image_shape[0], random_crop=self.augment.inception_crop, rng=rng)
-                for x in images
+                augment_lib.crop_encoded(
+                    x,
+                    self.image_shape[0],
+                    random_crop=self.augment.inception_crop,
+                    rng=np.random.default_rng(np.random.SeedSequence([self.seed, _CROP_TAG, epoch, b, self.first_row + i])),
+                )
+                for i, x in enumerate(images)
             ]
             images = np.stack(crops) if crops else np.zeros((0, *self.image_shape), np.uint8)
-        images = augment_lib.shift_and_flip(images, self.augment, rng)
+        images = augment_lib.shift_and_flip(images, self.augment, rng, first_row=self.first_row, total_rows=total)
         return {"image": images, "label": batch["label"]}
 
 
@@ -102,7 +132,8 @@ class BatchMaker:
 class DataPipeline:
     """Batches of one split, and what a training loop needs to know about them.
 
-    dataset: grain MapDataset whose element k is the batch of global step k.
+    dataset: grain MapDataset whose element k is the batch of global step k
+        (this shard's rows of it: local_batch_size = batch_size / shard_count).
     num_examples: examples in the split; steps_per_epoch: batches per epoch;
     num_epochs: None means the dataset repeats forever.
     """
@@ -118,6 +149,12 @@ class DataPipeline:
     num_classes: int
     seed: int
     augment: augment_lib.Augment
+    shard_index: int = 0
+    shard_count: int = 1
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.shard_count
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -164,6 +201,8 @@ def make_dataset(
     in_memory: bool | None = None,
     cache_dir: str | os.PathLike | None | bool = True,
     decode_workers: int = 0,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> DataPipeline:
     """Batches of `split` ("train" / "validation" / "test") of TFDS dataset `name`.
 
@@ -180,12 +219,19 @@ def make_dataset(
     idx_dir: MNIST-format IDX files to prepare mnist / fashion_mnist from when
         they are missing from data_dir.
     in_memory, cache_dir, decode_workers: see bnn.data.sources.load_split.
+    shard_index / shard_count: read only rows [shard_index * batch_size / shard_count,
+        (shard_index + 1) * batch_size / shard_count) of each global batch of
+        batch_size (one shard per process: jax.process_index(), jax.process_count()).
     """
     import grain
 
     spec = catalog.get_spec(name)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(shard_count, int) or shard_count < 1 or batch_size % shard_count:
+        raise ValueError(f"shard_count={shard_count!r}: expected a positive int that divides batch_size={batch_size}")
+    if not isinstance(shard_index, int) or not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index={shard_index!r}: expected an int in [0, {shard_count})")
     if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     train = split == "train" if train is None else train
@@ -221,6 +267,8 @@ def make_dataset(
         drop_remainder=drop_remainder,
         augment=augment,
         seed=int(seed),
+        shard_index=shard_index,
+        shard_count=shard_count,
     )
     if maker.steps_per_epoch == 0:
         raise ValueError(f"batch_size={batch_size} exceeds the {len(view)} examples of {name} {split} with drop_remainder")
@@ -238,5 +286,7 @@ def make_dataset(
         num_classes=spec.num_classes,
         seed=int(seed),
         augment=augment,
+        shard_index=shard_index,
+        shard_count=shard_count,
     )
 

@@ -117,11 +117,12 @@ def _proposed(gq: GradientQuantizer, eps: float):
     dy = cotangents[0]  # the cotangents of mean and scale are ignored
     axes = _axes(dy)
     dt = dy.dtype
-    s = unpack(bits, dy.shape[-1], dt)
+    s = unpack(common.tie(bits, dy), dy.shape[-1], dt)
     dy = gq(dy, key)
-    g = dy / scale16.astype(dt)
-    dx = (g - jnp.mean(g, axis=axes)
-          - s * (jnp.mean(g * s, axis=axes) * m16.astype(dt)))
+    # g = dy / scale; dx = g - mean(g) - s * mean(g * s) * m, with the per-channel
+    # 1 / scale taken out of the means: no float tensor but dy and dx is formed
+    dx = (dy - jnp.mean(dy, axis=axes)
+          - s * (jnp.mean(dy * s, axis=axes) * m16.astype(dt))) * (1 / scale16.astype(dt))
     return dx, jnp.sum(dy, axis=axes), None
 
   bn.defvjp(fwd, bwd)

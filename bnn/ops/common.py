@@ -42,6 +42,41 @@ def check_key(q: GradientQuantizer, key, what: str) -> None:
     raise ValueError(f"{what}={q.spec()} rounds stochastically and needs a PRNG `key`")
 
 
+MAX_BACKWARD_CHUNKS = 10
+
+
+def batch_chunks(batch: int) -> int:
+  """How many equal slices a backward pass splits the batch into: the largest
+  divisor of batch up to MAX_BACKWARD_CHUNKS. The slices run one after another
+  (lax.scan), so a layer's float temporaries are those of one slice."""
+  return max(n for n in range(1, min(batch, MAX_BACKWARD_CHUNKS) + 1) if batch % n == 0)
+
+
+def tie(x: jax.Array, *deps: jax.Array) -> jax.Array:
+  """x, made to depend on deps: XLA cannot compute anything from the result before
+  deps exist. A backward pass uses this to order its work so that fewer float
+  temporaries are alive at once:
+  - tie(bits, dy): unpacking bits needs only forward values, so XLA may schedule
+    it (and the float tensors made from it) in the forward pass and keep them alive
+    until the backward pass; the bit-packing would then save nothing;
+  - tie(w, x): sign(W) (float) is formed when the layer's input is ready, not at
+    the start of the step, alive through every layer before it;
+  - tie(w, dy): sign(W) is recomputed in the backward pass, not the forward's
+    float copy kept alive in between (XLA would merge the two);
+  - tie(w, dw): dx = conv_transpose(dy, w) starts after dW is done, so the weight
+    gradient's temporaries (transposed copies of x and dy) are gone by then.
+  lax.optimization_barrier does not keep this order on the CPU; a data dependency
+  does. x is changed only where a dep's first element is NaN (integers: XOR 1,
+  floats: NaN), when the gradient is NaN anyway.
+  """
+  poison = jnp.zeros((), bool)
+  for d in deps:
+    poison = poison | jnp.isnan(d.reshape(-1)[0])
+  if jnp.issubdtype(x.dtype, jnp.integer):
+    return x ^ poison.astype(x.dtype)
+  return jnp.where(poison, jnp.asarray(jnp.nan, x.dtype), x)
+
+
 def binarize_weights_ste(w: jax.Array) -> jax.Array:
   """sign(clip(W, -1, 1)) with the clip STE: the standard method's weights."""
   return _STE_SIGN(w)

@@ -73,7 +73,7 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
 
   @jax.custom_vjp
   def binary(x, w, key):
-    return conv(x, binary_weights(fq, w, x.dtype))
+    return conv(x, binary_weights(fq, common.tie(w, x), x.dtype))  # formed when x is
 
   def fwd(x, w, key):
     kept = x if first_layer else pack(x)
@@ -81,11 +81,13 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
 
   def bwd(res, dy):
     kept, w, key = res
-    x = kept if first_layer else unpack(kept, w.shape[2], dy.dtype)
+    x = kept if first_layer else unpack(common.tie(kept, dy), w.shape[2], dy.dtype)
     dy = gq(dy, key)
-    wb = binary_weights(fq, w, dy.dtype)
-    dx, = jax.linear_transpose(lambda a: conv(a, wb), x)(dy)
+    wb = binary_weights(fq, common.tie(w, dy), dy.dtype)  # not the forward's, kept alive
     dw_raw, = jax.linear_transpose(lambda b: conv(x, b), wb)(dy)
+    # dx after dW: the correlation's transposed copies of x and dy are gone by then
+    wb = common.tie(wb, dw_raw)
+    dx, = jax.linear_transpose(lambda a: conv(a, wb), x)(dy)
     dw_raw = scaled_weight_grad(dw_raw, fq, w)
     return dx.astype(x.dtype), common.proposed_weight_grad(dw_raw, w, wq), None
 

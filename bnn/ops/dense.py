@@ -95,7 +95,7 @@ def _proposed(first_layer: bool, gq: GradientQuantizer, wq: GradientQuantizer,
               fq: ForwardQuantizer):
   @jax.custom_vjp
   def dense(x, w, key):
-    return x @ binary_weights(fq, w, x.dtype)
+    return x @ binary_weights(fq, common.tie(w, x), x.dtype)  # formed when x is
 
   def fwd(x, w, key):
     kept = x if first_layer else pack(x)
@@ -103,9 +103,9 @@ def _proposed(first_layer: bool, gq: GradientQuantizer, wq: GradientQuantizer,
 
   def bwd(res, dy):
     kept, w, key = res
-    x = kept if first_layer else unpack(kept, w.shape[0], dy.dtype)
+    x = kept if first_layer else unpack(common.tie(kept, dy), w.shape[0], dy.dtype)
     dy = gq(dy, key)
-    dx = dy @ binary_weights(fq, w, dy.dtype).T
+    dx = dy @ binary_weights(fq, common.tie(w, dy), dy.dtype).T  # not the forward's, kept alive
     dw_raw = x.reshape(-1, w.shape[0]).T @ dy.reshape(-1, w.shape[1])
     dw_raw = scaled_weight_grad(dw_raw, fq, w)
     return dx.astype(x.dtype), common.proposed_weight_grad(dw_raw, w, wq), None

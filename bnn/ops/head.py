@@ -71,7 +71,8 @@ def _proposed(static: tuple):
   def bwd(res, cotangents):
     kept, w, beta, labels, key = res
     g_loss, g_logits, _, _ = cotangents
-    h = kept if first_layer else unpack(kept, w.shape[0], g_logits.dtype)  # h's dtype
+    h = kept if first_layer else unpack(common.tie(kept, g_logits), w.shape[0],
+                                        g_logits.dtype)  # h's dtype
     _, vjp = jax.vjp(lambda h, w, beta: composed(h, w, beta, labels, key)[:2], h, w, beta)
     dh, dw, dbeta = vjp((g_loss, g_logits))
     return dh, dw, dbeta, None, None

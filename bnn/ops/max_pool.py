@@ -78,7 +78,7 @@ def _proposed(drop_h: int, drop_w: int):
     return y, pack(mask)
 
   def bwd(bits, dy):
-    mask = _windows(unpack_bits(bits, dy.shape[-1]))
+    mask = _windows(unpack_bits(common.tie(bits, dy), dy.shape[-1]))
     dx = _unwindows(jnp.where(mask, dy[:, :, :, None, :], jnp.zeros((), dy.dtype)))
     dx = jnp.pad(dx, ((0, 0), (0, drop_h), (0, drop_w), (0, 0)))
     return (dx,)

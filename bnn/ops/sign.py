@@ -129,7 +129,7 @@ def _proposed_mask(q: ForwardQuantizer):
 
   def bwd(bits, dy):
     n = dy.shape[-1] if dy.ndim else 1
-    mask = unpack_bits(bits, n).reshape(dy.shape)
+    mask = unpack_bits(common.tie(bits, dy), n).reshape(dy.shape)
     return (jnp.where(mask, dy, jnp.zeros((), dy.dtype)),)
 
   sign_act.defvjp(fwd, bwd)
@@ -148,7 +148,7 @@ def _proposed_graded(q: ForwardQuantizer):
     return q(x), codec.encode(q.ste_grad(x))
 
   def bwd(codes, dy):
-    return (dy * codec.decode(codes, dy.dtype),)
+    return (dy * codec.decode(common.tie(codes, dy), dy.dtype),)
 
   sign_act.defvjp(fwd, bwd)
   return sign_act

@@ -28,7 +28,7 @@
 extern "C" {
 #endif
 
-#define BNN_ABI_VERSION 1
+#define BNN_ABI_VERSION 2
 
 /* Error codes. */
 #define BNN_OK 0
@@ -42,12 +42,19 @@ extern "C" {
 int bnn_abi_version(void);
 const char *bnn_error_string(int code);
 
-/* Popcount implementation used by the XNOR kernels (GEMM, binary conv).
- * 0 = automatic (the best one this CPU has), 1 = portable C (SWAR),
- * 2 = hardware (x86 POPCNT via a runtime CPU check, or NEON vcnt on ARM).
- * bnn_set_popcount_impl returns BNN_ERR_ARG when the choice is unavailable. */
+/* Popcount implementation used by the XNOR kernels (GEMM, binary conv); all give
+ * identical results. 0 = automatic (the fastest one this CPU has), 1 = portable C
+ * (SWAR), 2 = scalar hardware popcount (x86 POPCNT, or NEON vcnt on ARM),
+ * 3 = x86 AVX2, 4 = x86 AVX-512BW (pshufb table lookups; CPU features are checked at
+ * run time, the library is built for the baseline instruction set).
+ * bnn_set_popcount_impl returns BNN_ERR_ARG when the choice is unavailable. It is a
+ * process-wide setting: do not change it while another thread runs a kernel. */
 int bnn_set_popcount_impl(int impl);
-int bnn_popcount_impl(void); /* the one in use: 1 or 2 */
+int bnn_popcount_impl(void); /* the one in use: 1 .. 4 */
+int bnn_popcount_impl_available(int impl); /* 1 or 0; impl 1 .. 4 */
+/* "portable", "x86-popcnt" or "neon" (2), "x86-avx2", "x86-avx512bw"; NULL for an impl
+ * this build does not have. _name: of the one in use. */
+const char *bnn_popcount_impl_name_of(int impl);
 const char *bnn_popcount_impl_name(void);
 
 /* ---- packing (pack.c) ---------------------------------------------------- */
@@ -109,7 +116,7 @@ int bnn_im2col_packed(const uint64_t *x_packed, int64_t batch, int64_t h, int64_
                       uint8_t *valid);
 /* Binary conv: y = conv(x, sign(W)) with x +-1 packed, x_packed (batch, h, w,
  * bnn_words(c_in)) and w_packed from bnn_pack_conv_weights. Computed by XNOR-popcount
- * over packed im2col rows (one output row at a time). Zero padding: a padded tap is
+ * over packed im2col rows (blocks of up to 256 output positions). Zero padding: a padded tap is
  * all-zero words in the patch, so XOR with the weights counts popcount(w_tap) there;
  * that count (precomputed per output channel and tap) is subtracted again, and
  * y = K_valid - 2 * popcount over valid taps, K_valid = (valid taps) * c_in. */

@@ -64,11 +64,11 @@ static int geom_init(geom *g, int64_t batch, int64_t h, int64_t w, int64_t c, in
   if ((err = bnn__count(&t, sizeof(uint64_t), co, taps, bnn__words(c), 1)) != BNN_OK) {
     return err;
   }
-  /* one output row of patches and popcounts (binary conv scratch) */
-  if ((err = bnn__count(&t, sizeof(uint64_t), g->ow, taps, bnn__words(c), 1)) != BNN_OK) {
+  /* binary conv scratch: patches and popcounts of up to 256 output positions */
+  if ((err = bnn__count(&t, sizeof(uint64_t), 256, taps, bnn__words(c), 1)) != BNN_OK) {
     return err;
   }
-  if ((err = bnn__count(&t, sizeof(int32_t), g->ow, co, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(int32_t), 256, co, 1, 1)) != BNN_OK) return err;
   if (taps * c > INT32_MAX) return BNN_ERR_SIZE;  /* counts fit int32 */
   return BNN_OK;
 }
@@ -83,14 +83,25 @@ static int64_t in_index(int64_t o, int64_t k, int64_t stride, int64_t pad, int64
  * 1 / 0. Returns the number of valid taps. Channel padding bits are masked to 0. */
 static int64_t build_patch(const uint64_t *xp, const geom *g, int64_t n, int64_t oy,
                            int64_t ox, uint64_t *patch, uint8_t *valid) {
-  const int64_t wc = bnn__words(g->c);
+  const int64_t wc = bnn__words(g->c), ix0 = ox * g->sw - g->pl;
   const uint64_t tail = bnn__tail_mask(g->c);
+  const int row_inside = ix0 >= 0 && ix0 + g->kw <= g->w;
   int64_t ky, kx, nvalid = 0;
   for (ky = 0; ky < g->kh; ++ky) {
     int64_t iy = in_index(oy, ky, g->sh, g->pt, g->h);
-    for (kx = 0; kx < g->kw; ++kx) {
+    uint64_t *dst = patch + ky * g->kw * wc;
+    if (iy >= 0 && row_inside) {  /* the kw taps are kw neighbouring pixels: one copy */
+      memcpy(dst, xp + ((n * g->h + iy) * g->w + ix0) * wc,
+             (size_t)(g->kw * wc) * sizeof(uint64_t));
+      if (tail != ~UINT64_C(0)) {
+        for (kx = 0; kx < g->kw; ++kx) dst[kx * wc + wc - 1] &= tail;
+      }
+      if (valid) memset(valid + ky * g->kw, 1, (size_t)g->kw);
+      nvalid += g->kw;
+      continue;
+    }
+    for (kx = 0; kx < g->kw; ++kx, dst += wc) {
       int64_t ix = in_index(ox, kx, g->sw, g->pl, g->w);
-      uint64_t *dst = patch + (ky * g->kw + kx) * wc;
       int ok = iy >= 0 && ix >= 0;
       if (ok) {
         memcpy(dst, xp + ((n * g->h + iy) * g->w + ix) * wc, (size_t)wc * sizeof(uint64_t));
@@ -128,30 +139,40 @@ int bnn_im2col_packed(const uint64_t *x_packed, int64_t batch, int64_t h, int64_
   return BNN_OK;
 }
 
+/* Output positions per popcount GEMM call: patches of about 64 KiB, 8 .. 256 rows. */
+static int64_t positions_per_block(int64_t pw, int64_t q) {
+  int64_t p = (int64_t)(65536 / sizeof(uint64_t)) / pw;
+  p = p < 8 ? 8 : (p > 256 ? 256 : p);
+  return p < q ? p : q;
+}
+
 static int binary_conv_impl(const uint64_t *xp, const uint64_t *wp, const geom *g,
                             int32_t *yi, float *yf) {
   const int64_t wc = bnn__words(g->c), taps = g->kh * g->kw, pw = taps * wc;
+  const int64_t q_total = g->batch * g->oh * g->ow, co_n = g->co;
   const uint64_t pad_bits = ~bnn__tail_mask(g->c);
+  const int64_t pb = positions_per_block(pw, q_total);
   int32_t *wpc = NULL, *pc = NULL;
   uint64_t *patches = NULL;
   uint8_t *valid = NULL;
   int64_t *nvalid = NULL;
-  int64_t co, t, wi, n, oy, ox;
-  int err = BNN_OK;
+  int64_t co, t, wi, q0, q, n = 0, oy = 0, ox = 0;
+  bnn__xplan plan;
+  int have_plan = 0, err = BNN_OK;
 
   if (g->batch == 0) return BNN_OK;
   if (!xp || !wp || (!yi && !yf)) return BNN_ERR_NULL;
   /* popcount of each weight tap, and the padding-bit check */
-  wpc = (int32_t *)malloc((size_t)(g->co * taps) * sizeof(int32_t));
-  patches = (uint64_t *)malloc((size_t)(g->ow * pw) * sizeof(uint64_t));
-  pc = (int32_t *)malloc((size_t)(g->ow * g->co) * sizeof(int32_t));
-  valid = (uint8_t *)malloc((size_t)(g->ow * taps));
-  nvalid = (int64_t *)malloc((size_t)g->ow * sizeof(int64_t));
+  wpc = (int32_t *)malloc((size_t)(co_n * taps) * sizeof(int32_t));
+  patches = (uint64_t *)malloc((size_t)(pb * pw) * sizeof(uint64_t));
+  pc = (int32_t *)malloc((size_t)(pb * co_n) * sizeof(int32_t));
+  valid = (uint8_t *)malloc((size_t)(pb * taps));
+  nvalid = (int64_t *)malloc((size_t)pb * sizeof(int64_t));
   if (!wpc || !patches || !pc || !valid || !nvalid) {
     err = BNN_ERR_NOMEM;
     goto done;
   }
-  for (co = 0; co < g->co; ++co) {
+  for (co = 0; co < co_n; ++co) {
     for (t = 0; t < taps; ++t) {
       const uint64_t *wt = wp + co * pw + t * wc;
       uint64_t cnt = 0;
@@ -163,37 +184,50 @@ static int binary_conv_impl(const uint64_t *xp, const uint64_t *wp, const geom *
       wpc[co * taps + t] = (int32_t)cnt;
     }
   }
-  for (n = 0; n < g->batch; ++n) {
-    for (oy = 0; oy < g->oh; ++oy) {
-      const int64_t row = (n * g->oh + oy) * g->ow;
-      for (ox = 0; ox < g->ow; ++ox) {
-        nvalid[ox] = build_patch(xp, g, n, oy, ox, patches + ox * pw, valid + ox * taps);
-        bnn__popcount_xor_rows(patches + ox * pw, wp, g->co, pw, pc + ox * g->co);
+  if ((err = bnn__xplan_init(&plan, wp, co_n, pw, q_total)) != BNN_OK) goto done;
+  have_plan = 1;
+  for (q0 = 0; q0 < q_total; q0 += pb) {
+    const int64_t np = q_total - q0 < pb ? q_total - q0 : pb;
+    for (q = 0; q < np; ++q) {  /* positions q0 .. q0 + np - 1 in (n, oy, ox) order */
+      nvalid[q] = build_patch(xp, g, n, oy, ox, patches + q * pw, valid + q * taps);
+      if (++ox == g->ow) {
+        ox = 0;
+        if (++oy == g->oh) {
+          oy = 0;
+          ++n;
+        }
       }
-      for (ox = 0; ox < g->ow; ++ox) {
-        const int64_t kvalid = nvalid[ox] * g->c;
-        const int border = nvalid[ox] != taps;
-        const uint8_t *v = valid + ox * taps;
-        for (co = 0; co < g->co; ++co) {
-          int64_t cnt = pc[ox * g->co + co];
-          int64_t val;
-          if (border) {
-            const int32_t *wt = wpc + co * taps;
-            for (t = 0; t < taps; ++t) {
-              if (!v[t]) cnt -= wt[t];
-            }
+    }
+    bnn__xplan_run(&plan, patches, np, BNN__OUT_COUNT, 0, pc, co_n);
+    for (q = 0; q < np; ++q) {
+      const int64_t kvalid = nvalid[q] * g->c, out = (q0 + q) * co_n;
+      const int32_t *cnt = pc + q * co_n;
+      if (nvalid[q] == taps) {  /* no padded tap: y = K - 2 popcount */
+        if (yi) {
+          for (co = 0; co < co_n; ++co) yi[out + co] = (int32_t)(kvalid - 2 * (int64_t)cnt[co]);
+        } else {
+          for (co = 0; co < co_n; ++co) yf[out + co] = (float)(kvalid - 2 * (int64_t)cnt[co]);
+        }
+      } else {
+        const uint8_t *v = valid + q * taps;
+        for (co = 0; co < co_n; ++co) {
+          const int32_t *wt = wpc + co * taps;
+          int64_t c = cnt[co], val;
+          for (t = 0; t < taps; ++t) {
+            if (!v[t]) c -= wt[t];
           }
-          val = kvalid - 2 * cnt;
+          val = kvalid - 2 * c;
           if (yi) {
-            yi[(row + ox) * g->co + co] = (int32_t)val;
+            yi[out + co] = (int32_t)val;
           } else {
-            yf[(row + ox) * g->co + co] = (float)val;
+            yf[out + co] = (float)val;
           }
         }
       }
     }
   }
 done:
+  if (have_plan) bnn__xplan_free(&plan);
   free(wpc);
   free(patches);
   free(pc);

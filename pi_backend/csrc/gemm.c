@@ -6,12 +6,17 @@
  * with the padding bits of the last word clear, so that they never count (operands
  * with stray padding bits are copied and cleared first).
  *
- * Implementations of popcount(a XOR b) over a row:
- *   portable  SWAR popcount, four b rows per pass over a (any C99 compiler);
- *   x86       the same loop compiled with target("popcnt") so that it uses the
- *             POPCNT instruction, chosen at run time when the CPU has it (the
- *             library itself is built without -mpopcnt);
- *   NEON      vcntq_u8 on 128-bit lanes, widened with vpadalq (aarch64 and armv7).
+ * Implementations of the popcount GEMM c[i, j] = popcount(a_i XOR b_j), all exact, so
+ * all give identical results (the tests run every one available):
+ *   1 portable      SWAR popcount, four b rows per pass over a row of a (any C99);
+ *   2 x86-popcnt    the same loop compiled with target("popcnt") so that it uses the
+ *                   POPCNT instruction; or, on ARM, "neon": vcntq_u8 on 128-bit lanes,
+ *                   widened with vpadalq (aarch64 and armv7 with NEON);
+ *   3 x86-avx2      \ pshufb table lookups on 32 / 64 rows of b at once, register
+ *   4 x86-avx512bw  / blocked (xgemm_x86.c);
+ * 3 and 4 are chosen at run time by __builtin_cpu_supports: the library itself is built
+ * for plain x86-64 (no -m flags), each kernel has its own target attribute. The
+ * default ("auto") is the fastest this CPU has: 4, 3, 2, then 1.
  */
 #include <stdlib.h>
 
@@ -101,64 +106,153 @@ static void popcount_rows_neon(const uint64_t *a, const uint64_t *b, int64_t nb,
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-static int hardware_available(void) {
+static int impl_available(int impl) {
+  switch (impl) {
+    case BNN__IMPL_PORTABLE:
+      return 1;
+    case BNN__IMPL_SCALAR_HW:
 #if defined(BNN_HAVE_NEON)
-  return 1;
+      return 1;
 #elif defined(BNN_HAVE_X86_POPCNT)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("popcnt") ? 1 : 0;
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("popcnt") ? 1 : 0;
 #else
-  return 0;
+      return 0;
 #endif
+#if BNN_HAVE_X86_SIMD
+    case BNN__IMPL_AVX2:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") ? 1 : 0;
+    case BNN__IMPL_AVX512:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? 1 : 0;
+#endif
+    default:
+      return 0;
+  }
 }
 
-static bnn_rows_fn g_rows = 0;
-static int g_impl = 0;
+static int g_impl = 0; /* 0: not chosen yet */
+static int g_auto = 1; /* chosen automatically (bnn_set_popcount_impl(0)) */
 
-static bnn_rows_fn hardware_fn(void) {
-#if defined(BNN_HAVE_NEON)
-  return popcount_rows_neon;
-#elif defined(BNN_HAVE_X86_POPCNT)
-  return popcount_rows_x86;
-#else
-  return popcount_rows_portable;
-#endif
-}
+int bnn_popcount_impl_available(int impl) { return impl_available(impl); }
 
 int bnn_set_popcount_impl(int impl) {
-  if (impl == 0) impl = hardware_available() ? 2 : 1;
-  if (impl == 1) {
-    g_rows = popcount_rows_portable;
-  } else if (impl == 2) {
-    if (!hardware_available()) return BNN_ERR_ARG;
-    g_rows = hardware_fn();
-  } else {
+  const int automatic = impl == 0;
+  if (automatic) {
+    impl = BNN__IMPL_AVX512;
+    while (!impl_available(impl)) impl--; /* portable (1) always is */
+  } else if (!impl_available(impl)) {
     return BNN_ERR_ARG;
   }
   g_impl = impl;
+  g_auto = automatic;
   return BNN_OK;
 }
 
 int bnn_popcount_impl(void) {
-  if (!g_rows) bnn_set_popcount_impl(0);
+  if (!g_impl) bnn_set_popcount_impl(0);
   return g_impl;
 }
 
-const char *bnn_popcount_impl_name(void) {
-  if (bnn_popcount_impl() == 1) return "portable";
+const char *bnn_popcount_impl_name_of(int impl) {
+  switch (impl) {
+    case BNN__IMPL_PORTABLE: return "portable";
+    case BNN__IMPL_SCALAR_HW:
 #if defined(BNN_HAVE_NEON)
-  return "neon";
+      return "neon";
 #elif defined(BNN_HAVE_X86_POPCNT)
-  return "x86-popcnt";
+      return "x86-popcnt";
 #else
-  return "portable";
+      return NULL;
 #endif
+#if BNN_HAVE_X86_SIMD
+    case BNN__IMPL_AVX2: return "x86-avx2";
+    case BNN__IMPL_AVX512: return "x86-avx512bw";
+#endif
+    default: return NULL;
+  }
 }
 
-void bnn__popcount_xor_rows(const uint64_t *a, const uint64_t *b, int64_t nb,
-                            int64_t words, int32_t *out) {
-  if (!g_rows) bnn_set_popcount_impl(0);
-  g_rows(a, b, nb, words, out);
+const char *bnn_popcount_impl_name(void) { return bnn_popcount_impl_name_of(bnn_popcount_impl()); }
+
+/* ---- the popcount GEMM (plan) ------------------------------------------------------ */
+
+static bnn_rows_fn row_kernel(int impl) {
+#if defined(BNN_HAVE_NEON)
+  if (impl == BNN__IMPL_SCALAR_HW) return popcount_rows_neon;
+#elif defined(BNN_HAVE_X86_POPCNT)
+  if (impl == BNN__IMPL_SCALAR_HW) return popcount_rows_x86;
+#endif
+  (void)impl;
+  return popcount_rows_portable;
+}
+
+int bnn__xplan_init(bnn__xplan *plan, const uint64_t *b, int64_t n, int64_t words,
+                    int64_t m_hint) {
+  plan->impl = bnn_popcount_impl();
+  /* Rearranging b costs about as much as 4 rows of a: for fewer rows, "auto" takes
+   * the scalar popcount, which works on b as it is. */
+  if (g_auto && m_hint <= 4 && plan->impl > BNN__IMPL_SCALAR_HW &&
+      impl_available(BNN__IMPL_SCALAR_HW)) {
+    plan->impl = BNN__IMPL_SCALAR_HW;
+  }
+  plan->n = n;
+  plan->words = words;
+  plan->b = b;
+  plan->panel = NULL;
+  plan->mem = NULL;
+#if BNN_HAVE_X86_SIMD
+  if (plan->impl == BNN__IMPL_AVX2 || plan->impl == BNN__IMPL_AVX512) {
+    const int64_t bytes = bnn__x86_panel_bytes(plan->impl, n, words);
+    uint8_t *mem;
+    if (bytes < 0 || !bnn__fits(bytes + 64, 1)) return BNN_ERR_OVERFLOW;
+    mem = (uint8_t *)malloc((size_t)bytes + 64);
+    if (!mem) return BNN_ERR_NOMEM;
+    plan->mem = mem;
+    mem += (64 - (uintptr_t)mem % 64) % 64; /* the kernels use aligned loads */
+    bnn__x86_panel_prep(plan->impl, b, n, words, mem);
+    plan->panel = mem;
+  }
+#endif
+  return BNN_OK;
+}
+
+void bnn__xplan_free(bnn__xplan *plan) {
+  free(plan->mem);
+  plan->mem = NULL;
+  plan->panel = NULL;
+}
+
+void bnn__xplan_run(const bnn__xplan *plan, const uint64_t *a, int64_t m, int mode,
+                    int64_t kbits, void *y, int64_t ldy) {
+  enum { BLOCK = 256 };
+  int32_t pc[BLOCK];
+  bnn_rows_fn rows;
+  int64_t i, j0, j;
+  if (m == 0 || plan->n == 0) return;
+#if BNN_HAVE_X86_SIMD
+  if (plan->panel) {
+    bnn__x86_run(plan->impl, plan->panel, plan->n, plan->words, a, m, mode, kbits, y, ldy);
+    return;
+  }
+#endif
+  rows = row_kernel(plan->impl);
+  for (i = 0; i < m; ++i) {
+    for (j0 = 0; j0 < plan->n; j0 += BLOCK) {
+      const int64_t nb = plan->n - j0 < BLOCK ? plan->n - j0 : BLOCK;
+      rows(a + i * plan->words, plan->b + j0 * plan->words, nb, plan->words, pc);
+      if (mode == BNN__OUT_COUNT) {
+        memcpy((int32_t *)y + i * ldy + j0, pc, (size_t)nb * sizeof(int32_t));
+      } else if (mode == BNN__OUT_I32) {
+        int32_t *yi = (int32_t *)y + i * ldy + j0;
+        for (j = 0; j < nb; ++j) yi[j] = (int32_t)(kbits - 2 * (int64_t)pc[j]);
+      } else {
+        float *yf = (float *)y + i * ldy + j0;
+        for (j = 0; j < nb; ++j) yf[j] = (float)(kbits - 2 * (int64_t)pc[j]);
+      }
+    }
+  }
 }
 
 /* ---- GEMM ------------------------------------------------------------------------ */
@@ -199,11 +293,10 @@ static int clean_rows(const uint64_t *x, int64_t rows, int64_t k, const uint64_t
 
 static int xnor_gemm_impl(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n,
                           int64_t k, int32_t *yi, float *yf) {
-  enum { BLOCK = 256 };
-  int32_t pc[BLOCK];
   const uint64_t *ca, *cb;
   uint64_t *own_a = NULL, *own_b = NULL;
-  int64_t i, j0, j, wk = bnn__words(k);
+  bnn__xplan plan;
+  int64_t i;
   int err = check_gemm(a, b, m, n, k, yi ? (const void *)yi : (const void *)yf,
                        yi ? sizeof(int32_t) : sizeof(float));
   if (err != BNN_OK || m == 0 || n == 0) return err;
@@ -217,20 +310,14 @@ static int xnor_gemm_impl(const uint64_t *a, const uint64_t *b, int64_t m, int64
     free(own_a);
     return err;
   }
-  for (i = 0; i < m; ++i) {
-    for (j0 = 0; j0 < n; j0 += BLOCK) {
-      const int64_t nb = n - j0 < BLOCK ? n - j0 : BLOCK;
-      bnn__popcount_xor_rows(ca + i * wk, cb + j0 * wk, nb, wk, pc);
-      if (yi) {
-        for (j = 0; j < nb; ++j) yi[i * n + j0 + j] = (int32_t)(k - 2 * (int64_t)pc[j]);
-      } else {
-        for (j = 0; j < nb; ++j) yf[i * n + j0 + j] = (float)(k - 2 * (int64_t)pc[j]);
-      }
-    }
+  if ((err = bnn__xplan_init(&plan, cb, n, bnn__words(k), m)) == BNN_OK) {
+    bnn__xplan_run(&plan, ca, m, yi ? BNN__OUT_I32 : BNN__OUT_F32, k,
+                   yi ? (void *)yi : (void *)yf, n);
+    bnn__xplan_free(&plan);
   }
   free(own_a);
   free(own_b);
-  return BNN_OK;
+  return err;
 }
 
 int bnn_xnor_gemm_i32(const uint64_t *a, const uint64_t *b, int64_t m, int64_t n,

@@ -78,11 +78,55 @@ static inline uint64_t bnn__popcount64(uint64_t x) {
   return (x * UINT64_C(0x0101010101010101)) >> 56;
 }
 
-/* out[j] = popcount(a XOR b_j) over `words` words (all bits: padding bits must be 0 in
- * a or equal in both) for the nb rows b_j = b + j * words. words >= 1. Dispatches to
- * the implementation chosen by bnn_set_popcount_impl. */
-void bnn__popcount_xor_rows(const uint64_t *a, const uint64_t *b, int64_t nb,
-                            int64_t words, int32_t *out);
+/* Popcount implementations (bnn_set_popcount_impl). */
+#define BNN__IMPL_PORTABLE 1
+#define BNN__IMPL_SCALAR_HW 2 /* x86 POPCNT or NEON */
+#define BNN__IMPL_AVX2 3
+#define BNN__IMPL_AVX512 4
+
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 6))
+#define BNN_HAVE_X86_SIMD 1
+#else
+#define BNN_HAVE_X86_SIMD 0
+#endif
+
+/* The popcount GEMM shared by the binary GEMM and the binary conv:
+ *   c[i, j] = popcount(a_i XOR b_j) over `words` words (all bits: padding bits must be 0
+ * in both, or equal), a_i = a + i * words, b_j = b + j * words. A plan holds b in the
+ * layout of the implementation chosen when it was made (bnn_set_popcount_impl), so that
+ * a b used for many calls (the conv weights) is rearranged once. */
+#define BNN__OUT_COUNT 0 /* int32 c */
+#define BNN__OUT_I32 1   /* int32 kbits - 2 c */
+#define BNN__OUT_F32 2   /* float32 kbits - 2 c */
+
+typedef struct {
+  int impl;
+  int64_t n, words;
+  const uint64_t *b;    /* the caller's b (row kernels) */
+  const uint8_t *panel; /* b rearranged (x86 SIMD kernels), inside mem */
+  void *mem;
+} bnn__xplan;
+
+/* BNN_OK, or BNN_ERR_NOMEM / BNN_ERR_OVERFLOW (nothing to free then). b stays in use by
+ * the plan until bnn__xplan_free. n >= 0, words >= 1; m_hint: the number of rows of a
+ * the plan will see in all (small: the automatic choice may pick a kernel without a
+ * rearranged b). */
+int bnn__xplan_init(bnn__xplan *plan, const uint64_t *b, int64_t n, int64_t words,
+                    int64_t m_hint);
+/* y (m, n) as mode says; row i starts at element i * ldy of y (4-byte elements). */
+void bnn__xplan_run(const bnn__xplan *plan, const uint64_t *a, int64_t m, int mode,
+                    int64_t kbits, void *y, int64_t ldy);
+void bnn__xplan_free(bnn__xplan *plan);
+
+#if BNN_HAVE_X86_SIMD
+/* xgemm_x86.c; impl is BNN__IMPL_AVX2 or BNN__IMPL_AVX512, available on this CPU. */
+int64_t bnn__x86_panel_bytes(int impl, int64_t n, int64_t words); /* -1: overflow */
+void bnn__x86_panel_prep(int impl, const uint64_t *b, int64_t n, int64_t words,
+                         uint8_t *panel);
+void bnn__x86_run(int impl, const uint8_t *panel, int64_t n, int64_t words,
+                  const uint64_t *a, int64_t m, int mode, int64_t kbits, void *y,
+                  int64_t ldy);
+#endif
 
 /* ---- float GEMM (sgemm.c) ---------------------------------------------------------- */
 

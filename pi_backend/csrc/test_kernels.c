@@ -67,25 +67,47 @@ static void test_gemm(void) {
   CHECK(bnn_xnor_gemm_i32(qa, qb, 1, 1, (int64_t)INT32_MAX + 1, y) == BNN_ERR_SIZE);
 }
 
-/* Both popcount implementations agree on pseudo-random rows of many lengths. */
+/* Every available popcount implementation agrees with the portable one on
+ * pseudo-random rows of many lengths and shapes (register-block remainders, several
+ * blocks of b rows, rows past the 16-bit counters of the SIMD kernels). */
 static void test_popcount_impls(void) {
-  enum { M = 3, N = 7, KMAX = 300 };
-  uint64_t a[M * 5], b[N * 5], s = UINT64_C(0x9E3779B97F4A7C15);
-  int32_t y1[M * N], y2[M * N];
-  int k, i, hw = bnn_set_popcount_impl(2) == BNN_OK;
-  for (i = 0; i < M * 5; ++i) a[i] = (s = s * 6364136223846793005u + 1442695040888963407u);
-  for (i = 0; i < N * 5; ++i) b[i] = (s = s * 6364136223846793005u + 1442695040888963407u);
-  for (k = 1; k <= KMAX; k += 13) {  /* rows are bnn_words(k) <= 5 words apart */
-    CHECK(bnn_set_popcount_impl(1) == BNN_OK);
-    CHECK(bnn_xnor_gemm_i32(a, b, M, N, k, y1) == BNN_OK);
-    if (hw) {
-      CHECK(bnn_set_popcount_impl(2) == BNN_OK);
-      CHECK(bnn_xnor_gemm_i32(a, b, M, N, k, y2) == BNN_OK);
-      CHECK(memcmp(y1, y2, sizeof y1) == 0);
+  enum { MMAX = 11, NMAX = 150, WMAX = 5, KMAX = 300 };
+  static const int dims[][2] = {{3, 7}, {11, 150}, {9, 64}, {5, 33}, {1, 129}, {8, 65}};
+  static uint64_t a[MMAX * WMAX], b[NMAX * WMAX];
+  static int32_t y1[MMAX * NMAX], y2[MMAX * NMAX];
+  uint64_t s = UINT64_C(0x9E3779B97F4A7C15);
+  size_t d;
+  int k, i, impl, tested = 0;
+  for (i = 0; i < MMAX * WMAX; ++i) a[i] = (s = s * 6364136223846793005u + 1442695040888963407u);
+  for (i = 0; i < NMAX * WMAX; ++i) b[i] = (s = s * 6364136223846793005u + 1442695040888963407u);
+  CHECK(bnn_popcount_impl_available(1) == 1 && bnn_popcount_impl_available(5) == 0);
+  CHECK(strcmp(bnn_popcount_impl_name_of(1), "portable") == 0 &&
+        bnn_popcount_impl_name_of(5) == NULL);
+  for (impl = 2; impl <= 4; ++impl) {
+    if (!bnn_popcount_impl_available(impl)) {
+      CHECK(bnn_set_popcount_impl(impl) == BNN_ERR_ARG);
+      continue;
     }
-    for (i = 0; i < M * N; ++i) CHECK(y1[i] >= -k && y1[i] <= k && (y1[i] - k) % 2 == 0);
+    tested++;
+    for (d = 0; d < sizeof dims / sizeof dims[0]; ++d) {
+      const int m = dims[d][0], n = dims[d][1];
+      for (k = 1; k <= KMAX; k += 13) {  /* rows are bnn_words(k) <= 5 words apart */
+        CHECK(bnn_set_popcount_impl(1) == BNN_OK);
+        CHECK(bnn_xnor_gemm_i32(a, b, m, n, k, y1) == BNN_OK);
+        for (i = 0; i < m * n; ++i) CHECK(y1[i] >= -k && y1[i] <= k && (y1[i] - k) % 2 == 0);
+        CHECK(bnn_set_popcount_impl(impl) == BNN_OK && bnn_popcount_impl() == impl);
+        CHECK(bnn_xnor_gemm_i32(a, b, m, n, k, y2) == BNN_OK);
+        if (memcmp(y1, y2, (size_t)(m * n) * sizeof(int32_t)) != 0) {
+          fprintf(stderr, "  impl %d (%s), m %d, n %d, k %d differs from portable\n", impl,
+                  bnn_popcount_impl_name(), m, n, k);
+          failures++;
+        }
+      }
+    }
   }
-  { /* long rows: the NEON kernel flushes its 16-bit counters every 4095 steps */
+  { /* long rows: NEON flushes 16-bit counters every 4095 steps, the SIMD kernels every
+     * 8184 bytes; a row equal to another gives exactly k, its complement -k (every
+     * counter at its maximum) */
     const int64_t k = 600000, wk = bnn_words(k);
     uint64_t *la = (uint64_t *)malloc((size_t)(2 * wk) * sizeof(uint64_t));
     uint64_t *lb = (uint64_t *)malloc((size_t)(3 * wk) * sizeof(uint64_t));
@@ -96,11 +118,13 @@ static void test_popcount_impls(void) {
       for (t = 0; t < 2 * wk; ++t) la[t] = (s = s * 6364136223846793005u + 1442695040888963407u);
       for (t = 0; t < 3 * wk; ++t) lb[t] = (s = s * 6364136223846793005u + 1442695040888963407u);
       memcpy(lb + 2 * wk, la, (size_t)wk * sizeof(uint64_t));  /* b_2 == a_0 */
+      for (t = 0; t < wk; ++t) lb[wk + t] = ~la[t];              /* b_1 == -a_0 */
+      CHECK(k % 64 == 0); /* (no padding bits to clear in b_1) */
       CHECK(bnn_set_popcount_impl(1) == BNN_OK);
       CHECK(bnn_xnor_gemm_i32(la, lb, 2, 3, k, l1) == BNN_OK);
-      CHECK(l1[2] == k);
-      if (hw) {
-        CHECK(bnn_set_popcount_impl(2) == BNN_OK);
+      CHECK(l1[2] == k && l1[1] == -k);
+      for (impl = 2; impl <= 4; ++impl) {
+        if (bnn_set_popcount_impl(impl) != BNN_OK) continue;
         CHECK(bnn_xnor_gemm_i32(la, lb, 2, 3, k, l2) == BNN_OK);
         CHECK(memcmp(l1, l2, sizeof l1) == 0);
       }
@@ -110,7 +134,8 @@ static void test_popcount_impls(void) {
   }
   CHECK(bnn_set_popcount_impl(0) == BNN_OK);
   CHECK(bnn_set_popcount_impl(7) == BNN_ERR_ARG);
-  printf("popcount: %s\n", bnn_popcount_impl_name());
+  printf("popcount: %s (%d hardware implementation(s) checked against portable)\n",
+         bnn_popcount_impl_name(), tested);
 }
 
 static void test_half(void) {

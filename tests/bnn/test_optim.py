@@ -95,3 +95,53 @@ def test_plateau_halves_the_learning_rate_after_patience_epochs():
     scales.append(float(optim.plateau_scale(state)))
   # best set in epoch 1; two epochs without improvement halve it (end of epochs 3 and 5)
   assert scales[2::3] == [1.0, 1.0, 0.5, 0.5, 0.25]
+
+
+def _sign_scaled_grads(shape, steps, seed=0):
+  c = 1 / np.sqrt(np.prod(shape))
+  keys = jax.random.split(jax.random.key(seed), steps)
+  return [c * jnp.sign(jax.random.normal(k, shape)) for k in keys]
+
+
+def test_factored_adam_is_adam_for_constant_magnitude_gradients():
+  """sign(dW)/sqrt(N) gradients: the factored second moment is exactly Adam's."""
+  w = jax.random.uniform(jax.random.key(1), (6, 9), minval=-1, maxval=1)
+  adam, factored = optax.scale_by_adam(), optim.factored_adam(jnp.float32)
+  sa, sf = adam.init(w), factored.init(w)
+  for g in _sign_scaled_grads(w.shape, 25):
+    ua, sa = adam.update(g, sa, w)
+    uf, sf = factored.update(g, sf, w)
+    np.testing.assert_allclose(uf, ua, rtol=1e-4, atol=1e-6)
+  assert sorted(x.size for x in jax.tree.leaves(sf) if x.ndim) == [1, 6, 9, 54]  # v: 6 + 9
+
+
+@pytest.mark.parametrize("shape", [(784, 256), (3, 3, 256, 512)])
+def test_factored_adam_in_float16_matches_float32(shape):
+  """c^2 = 1/N is below float16's smallest normal (and for N > 2^24 its smallest
+  subnormal): the second moment must stay float32 while the moment m is float16."""
+  w = jnp.zeros(shape, jnp.float16)
+  f16, f32 = optim.factored_adam(jnp.float16), optim.factored_adam(jnp.float32)
+  s16, s32 = f16.init(w), f32.init(w.astype(jnp.float32))
+  for g in _sign_scaled_grads(shape, 3):
+    u16, s16 = f16.update(g.astype(jnp.float16), s16, w)
+    u32, s32 = f32.update(g, s32, w.astype(jnp.float32))
+  m16 = [x for x in jax.tree.leaves(s16) if x.shape == shape]
+  assert m16 and all(x.dtype == jnp.float16 for x in m16)
+  assert np.isfinite(np.asarray(u16, np.float32)).all()
+  np.testing.assert_allclose(np.asarray(u16, np.float32), u32, rtol=2e-3, atol=2e-3)
+
+
+def test_factored_adam_config_keeps_small_gradients_finite_in_float16():
+  """Batch-norm shifts see gradients ~1e-4: (1 - b2) g^2 underflows a float16 v, and
+  m / (0 + eps) would blow up; their Adam state stays float32."""
+  config = fashion_mnist_mlp.get_config("lean")
+  config.optimizer.weight_dtype = "float16"
+  params = optim.initial_params(config, _params())
+  tx = optim.make_optimizer(config, steps_per_epoch=10)
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 1e-4, p.dtype), params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params, value=jnp.ones(()))
+  for u in jax.tree.leaves(updates):
+    u = np.asarray(u, np.float32)
+    assert np.isfinite(u).all() and np.abs(u).max() <= 1.01e-3  # at most lr per step

@@ -39,6 +39,8 @@ def test_variants(name):
   assert quick.num_train_steps > 0 and full.num_train_steps == -1
   assert _config(name, "standard").model.method == "standard"
   assert _config(name, "po2").model.grad_quantizer.startswith("po2")
+  lean = _config(name, "lean,quick").optimizer
+  assert (lean.name, lean.state_dtype, lean.weight_dtype) == ("factored_adam", "float16", "float32")
   with pytest.raises(ValueError, match="variant"):
     _config(name, "nonsense")
 

@@ -20,6 +20,10 @@ CASES = [
     (1, 1, 1, 5, 3, (3, 3), 1, "SAME"),      # only the centre tap is valid
     (1, 11, 3, 63, 2, (4, 2), (3, 2), "SAME"),
 ]
+# binary conv only: > 256 output positions (several popcount GEMM calls), 130 output
+# channels (register blocks of 32 / 64 channels and a remainder)
+BIG = len(CASES)
+CASES.append((3, 12, 12, 64, 130, (3, 3), 1, "SAME"))
 
 
 def _case(i):
@@ -47,18 +51,19 @@ def test_binary_conv2d(i):
   assert K.conv_output_hw(x.shape[1:3], kernel, strides, padding) == want.shape[1:3]
 
 
-@pytest.mark.parametrize("i", [0, 2, 5, 8])
-def test_binary_conv2d_both_popcount_impls_agree(i):
-  x, wt, kernel, strides, padding, _, _ = _case(i)
+@pytest.mark.parametrize("i", [0, 2, 5, 8, BIG])
+def test_binary_conv2d_all_popcount_impls_agree(i):
+  x, wt, kernel, strides, padding, pads, st = _case(i)
   xp, wp = K.pack(x), K.pack_conv_weights(wt)
+  want = ref.conv(ref.sign(x), ref.sign(wt), st, pads)
   try:
-    K.set_popcount_impl("portable")
-    a = K.binary_conv2d(xp, x.shape[3], wp, kernel, strides, padding)
-    K.set_popcount_impl("auto")
-    b = K.binary_conv2d(xp, x.shape[3], wp, kernel, strides, padding)
+    for impl in K.popcount_impls():
+      assert K.set_popcount_impl(impl) == impl
+      np.testing.assert_array_equal(
+          K.binary_conv2d(xp, x.shape[3], wp, kernel, strides, padding), want,
+          err_msg=f"popcount {impl}")
   finally:
     K.set_popcount_impl("auto")
-  np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("i", [0, 5, 6, 8])
@@ -77,7 +82,7 @@ def test_im2col_packed(i):
   np.testing.assert_array_equal(patches, want.reshape(patches.shape))
 
 
-@pytest.mark.parametrize("i", range(len(CASES)))
+@pytest.mark.parametrize("i", range(BIG))
 def test_first_layer_conv_and_backward(i):
   x, wt, kernel, strides, padding, pads, st = _case(i)
   b, h, w, c = x.shape

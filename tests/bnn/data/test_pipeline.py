@@ -155,3 +155,49 @@ def test_imagenet_crops_images_of_varying_size():
     assert a["image"].shape == t["image"].shape == (4, 224, 224, 3)
     np.testing.assert_array_equal(a["image"], b["image"])
     assert test.num_examples == SIZES["validation"]  # ImageNet's TFDS "validation" is our test split.
+
+
+# One shard per process (multi-host data parallelism): the shards of a batch, put
+# together, are the batch one process would make, augmentation included.
+
+
+def _assert_shards_make_the_batch(make_pipeline, count, steps):
+    whole = make_pipeline(shard_index=0, shard_count=1)
+    shards = [make_pipeline(shard_index=i, shard_count=count) for i in range(count)]
+    assert all(s.local_batch_size == whole.batch_size // count for s in shards)
+    for k in steps:
+        expected, parts = whole.dataset[k], [s.dataset[k] for s in shards]
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), expected[key])
+        assert len(parts[0]["label"]) == min(whole.batch_size // count, len(expected["label"]))
+
+
+@pytest.mark.parametrize("count", [2, 4])
+def test_shards_of_shuffled_train_batches(make, count):
+    _assert_shards_make_the_batch(lambda **kw: make(seed=3, **kw), count, steps=[0, 2, 3, 7])
+
+
+def test_shards_of_the_short_last_evaluation_batch(make):
+    # 40 test examples in batches of 32: the last batch has 8, all in the first shard
+    # of 4 (rows 0..7); the other shards get no rows of it.
+    _assert_shards_make_the_batch(lambda **kw: make("test", **kw), 4, steps=[0, 1])
+    assert [len(make("test", shard_index=i, shard_count=4).dataset[1]["label"]) for i in range(4)] == [8, 0, 0, 0]
+
+
+def test_shards_with_shift_flip_and_with_crops():
+    with mock_tfds():
+        _assert_shards_make_the_batch(
+            lambda **kw: data.make_dataset("cifar10", split="train", batch_size=20, seed=3, validation_size=100, cache_dir=None, **kw),
+            4,
+            steps=[0, 5],
+        )
+        _assert_shards_make_the_batch(
+            lambda **kw: data.make_dataset("imagenet2012", split="train", batch_size=4, seed=0, validation_size=10, **kw), 2, steps=[1]
+        )
+
+
+def test_shard_argument_errors(make):
+    with pytest.raises(ValueError, match="shard_count=3.*divides batch_size=32"):
+        make(shard_count=3)
+    with pytest.raises(ValueError, match=r"shard_index=2: expected an int in \[0, 2\)"):
+        make(shard_index=2, shard_count=2)

@@ -1,0 +1,373 @@
+/*
+ * XNOR-popcount GEMM for x86-64 with AVX2 or AVX-512BW (selected at run time in gemm.c
+ * with __builtin_cpu_supports; the library itself is built for plain x86-64, and each
+ * kernel carries its own target attribute).
+ *
+ * Neither instruction set has a per-lane popcount of 64-bit words (that would be
+ * AVX512_VPOPCNTDQ). Instead, with pshufb as a 16-entry byte table:
+ *   popcount(a XOR b) over 4 bits = T_a[b], T_a[x] = popcount(a XOR x),
+ * one pshufb looks up the 4-bit pieces of 32 (AVX2) or 64 (AVX-512) rows of b at once
+ * in the table T_a of one 4-bit piece a of a row of a (broadcast to every lane). That
+ * folds the XOR into the table: two lookups and two byte adds per byte of a, per vector
+ * of rows of b, where a nibble popcount of (a XOR b) would need six operations.
+ *
+ * For this, b is rearranged once per call into a "panel" (panel_prep): blocks of W
+ * rows (W = bytes per vector); in a block, for each byte t of the rows, one vector of
+ * the low nibbles and one of the high nibbles of byte t of the W rows. Within a vector,
+ * byte lane 4 i + s holds row (W / 4) s + i of the block, so that the 32-bit totals come
+ * out in row order without a shuffle (see xgemm_kernel.inc). Rows past n (the last block)
+ * repeat row 0: their results are never stored.
+ * Register blocks: 4 rows of a x 2 vectors of b (8 rows x 1 vector when b has a single
+ * block, e.g. 64 output channels), so each loaded vector of b serves several rows of a.
+ *
+ * The byte order of a packed row is that of a little-endian machine (byte t = bits
+ * 8t .. 8t + 7), which x86 is.
+ */
+#include <stdlib.h>
+
+#include "internal.h"
+
+#if BNN_HAVE_X86_SIMD
+#include <immintrin.h>
+
+#define P4(v) (((v) & 1) + (((v) >> 1) & 1) + (((v) >> 2) & 1) + (((v) >> 3) & 1))
+#define POPX_ROW(a)                                                                      \
+  {P4((a) ^ 0), P4((a) ^ 1), P4((a) ^ 2), P4((a) ^ 3), P4((a) ^ 4), P4((a) ^ 5),         \
+   P4((a) ^ 6), P4((a) ^ 7), P4((a) ^ 8), P4((a) ^ 9), P4((a) ^ 10), P4((a) ^ 11),       \
+   P4((a) ^ 12), P4((a) ^ 13), P4((a) ^ 14), P4((a) ^ 15)}
+#define TABLE_PAIR(v) {POPX_ROW((v) & 15), POPX_ROW((v) >> 4)}
+#define TABLE_PAIRS16(h)                                                                 \
+  TABLE_PAIR(16 * (h) + 0), TABLE_PAIR(16 * (h) + 1), TABLE_PAIR(16 * (h) + 2),          \
+  TABLE_PAIR(16 * (h) + 3), TABLE_PAIR(16 * (h) + 4), TABLE_PAIR(16 * (h) + 5),          \
+  TABLE_PAIR(16 * (h) + 6), TABLE_PAIR(16 * (h) + 7), TABLE_PAIR(16 * (h) + 8),          \
+  TABLE_PAIR(16 * (h) + 9), TABLE_PAIR(16 * (h) + 10), TABLE_PAIR(16 * (h) + 11),        \
+  TABLE_PAIR(16 * (h) + 12), TABLE_PAIR(16 * (h) + 13), TABLE_PAIR(16 * (h) + 14),       \
+  TABLE_PAIR(16 * (h) + 15)
+/* TABLES[v][0][x] = popcount((v & 15) XOR x), TABLES[v][1][x] = popcount((v >> 4) XOR x):
+ * for a byte v of a row of a, the lookup tables of its low and its high nibble, 32 bytes
+ * apart so that one offset (32 v) addresses both. 8 KiB. */
+static const uint8_t TABLES[256][2][16] __attribute__((aligned(64))) = {
+    TABLE_PAIRS16(0),  TABLE_PAIRS16(1),  TABLE_PAIRS16(2),  TABLE_PAIRS16(3),
+    TABLE_PAIRS16(4),  TABLE_PAIRS16(5),  TABLE_PAIRS16(6),  TABLE_PAIRS16(7),
+    TABLE_PAIRS16(8),  TABLE_PAIRS16(9),  TABLE_PAIRS16(10), TABLE_PAIRS16(11),
+    TABLE_PAIRS16(12), TABLE_PAIRS16(13), TABLE_PAIRS16(14), TABLE_PAIRS16(15)};
+
+/* 16-bit counters are flushed every XG_SUPER bytes: 264 chunks of 31 bytes. */
+#define XG_SUPER (31 * 264)
+
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
+#define BNN_UNROLL _Pragma("GCC unroll 16")
+#define BNN_UNROLL2 _Pragma("GCC unroll 2")
+#else
+#define BNN_UNROLL
+#define BNN_UNROLL2
+#endif
+
+/* ---- the panel ------------------------------------------------------------------ */
+
+static int64_t lanes_of(int impl) { return impl == BNN__IMPL_AVX512 ? 64 : 32; }
+
+int64_t bnn__x86_panel_bytes(int impl, int64_t n, int64_t words) {
+  const int64_t w = lanes_of(impl), blocks = n / w + (n % w != 0);
+  int64_t t;
+  if (bnn__count(&t, 1, blocks, words, 16 * w, 1) != BNN_OK) return -1;
+  return t;
+}
+
+/* Transposes 16 rows of 16 bytes: out[t] byte p = in[p] byte t. SSE2 (x86-64 baseline):
+ * four rounds of unpacks; after them, byte p of out[t] holds row bitrev4(p), so the rows
+ * are taken in bit-reversed order. */
+static void transpose16(const __m128i *in, __m128i *out) {
+  static const int rev[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+  __m128i x[16], y[16];
+  int i;
+  BNN_UNROLL for (i = 0; i < 16; ++i) x[i] = in[rev[i]];
+  BNN_UNROLL for (i = 0; i < 8; ++i) {
+    y[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 8]);
+    y[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 8]);
+  }
+  BNN_UNROLL for (i = 0; i < 8; ++i) {
+    x[2 * i] = _mm_unpacklo_epi16(y[i], y[i + 8]);
+    x[2 * i + 1] = _mm_unpackhi_epi16(y[i], y[i + 8]);
+  }
+  BNN_UNROLL for (i = 0; i < 8; ++i) {
+    y[2 * i] = _mm_unpacklo_epi32(x[i], x[i + 8]);
+    y[2 * i + 1] = _mm_unpackhi_epi32(x[i], x[i + 8]);
+  }
+  BNN_UNROLL for (i = 0; i < 8; ++i) {
+    out[2 * i] = _mm_unpacklo_epi64(y[i], y[i + 8]);
+    out[2 * i + 1] = _mm_unpackhi_epi64(y[i], y[i + 8]);
+  }
+}
+
+/* Nibbles of 16 transposed rows into the panel: lanes [4 i0, 4 i0 + 16) of bytes
+ * [t0, t0 + count) of a block. */
+static void store_nibbles(const __m128i *out, int count, uint8_t *block, int64_t w,
+                          int64_t t0, int64_t i0) {
+  const __m128i low = _mm_set1_epi8(0x0f);
+  int t;
+  for (t = 0; t < count; ++t) {
+    uint8_t *dst = block + (t0 + t) * 2 * w + 4 * i0;
+    _mm_storeu_si128((__m128i *)dst, _mm_and_si128(out[t], low));
+    _mm_storeu_si128((__m128i *)(dst + w), _mm_and_si128(_mm_srli_epi16(out[t], 4), low));
+  }
+}
+
+void bnn__x86_panel_prep(int impl, const uint64_t *b, int64_t n, int64_t words,
+                         uint8_t *panel) {
+  const int64_t w = lanes_of(impl), kb = words * 8, blocks = n / w + (n % w != 0);
+  int64_t jb, i0, t0;
+  int p;
+  for (jb = 0; jb < blocks; ++jb) {
+    uint8_t *block = panel + jb * kb * 2 * w;
+    /* 16 lanes at a time: lanes 4 i + s for i in [i0, i0 + 4), s in 0..3 */
+    for (i0 = 0; i0 < w / 4; i0 += 4) {
+      const uint8_t *rows[16];
+      __m128i in[16], out[16];
+      for (p = 0; p < 16; ++p) {
+        /* rows past n: any row will do, their outputs are never stored */
+        const int64_t j = jb * w + (w / 4) * (p % 4) + i0 + p / 4;
+        rows[p] = (const uint8_t *)(b + (j < n ? j : 0) * words);
+      }
+      for (t0 = 0; t0 + 16 <= kb; t0 += 16) {
+        BNN_UNROLL for (p = 0; p < 16; ++p) {
+          in[p] = _mm_loadu_si128((const __m128i *)(rows[p] + t0));
+        }
+        transpose16(in, out);
+        store_nibbles(out, 16, block, w, t0, i0);
+      }
+      if (t0 < kb) { /* 8 bytes left (kb is a multiple of 8) */
+        BNN_UNROLL for (p = 0; p < 16; ++p) {
+          in[p] = _mm_loadl_epi64((const __m128i *)(rows[p] + t0));
+        }
+        transpose16(in, out);
+        store_nibbles(out, 8, block, w, t0, i0);
+      }
+    }
+  }
+}
+
+/* Stores the 32-bit counts c of XG_W / 4 rows of b at element off of y as mode says
+ * (inside a kernel: uses its mode, kv = kbits in every lane). */
+#define XG_OUT(y, off, c)                                                               \
+  do {                                                                                  \
+    if (mode == BNN__OUT_COUNT) {                                                       \
+      XG_STORE32((int32_t *)(y) + (off), (c));                                          \
+    } else if (mode == BNN__OUT_I32) {                                                  \
+      XG_STORE32((int32_t *)(y) + (off), XG_SUB32(kv, XG_ADD32((c), (c))));             \
+    } else {                                                                            \
+      XG_STOREPS((float *)(y) + (off), XG_SUB32(kv, XG_ADD32((c), (c))));               \
+    }                                                                                   \
+  } while (0)
+
+/* ---- AVX-512BW kernels -------------------------------------------------------------- */
+
+#if defined(__clang__)
+#define XG_ATTR __attribute__((target("avx512f,avx512bw")))
+#else /* GCC: keep acc += lookup + lookup as written (fewer register moves in the loop) */
+#define XG_ATTR __attribute__((target("avx512f,avx512bw"), optimize("no-tree-reassoc")))
+#endif
+#define XG_W 64
+#define XG_V __m512i
+#define XG_LOAD(p) _mm512_load_si512((const void *)(p))
+#define XG_BCAST16(p) _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(p)))
+#define XG_SHUF(t, i) _mm512_shuffle_epi8((t), (i))
+#define XG_ADD8(a, b) _mm512_add_epi8((a), (b))
+#define XG_ADD16(a, b) _mm512_add_epi16((a), (b))
+#define XG_ADD32(a, b) _mm512_add_epi32((a), (b))
+#define XG_SUB32(a, b) _mm512_sub_epi32((a), (b))
+#define XG_AND(a, b) _mm512_and_si512((a), (b))
+#define XG_SRL16(a, n) _mm512_srli_epi16((a), (n))
+#define XG_SRL32(a, n) _mm512_srli_epi32((a), (n))
+#define XG_SET16(v) _mm512_set1_epi16((short)(v))
+#define XG_SET32(v) _mm512_set1_epi32((int)(v))
+#define XG_ZERO() _mm512_setzero_si512()
+#define XG_STORE32(p, v) _mm512_storeu_si512((void *)(p), (v))
+#define XG_STOREPS(p, v) _mm512_storeu_ps((p), _mm512_cvtepi32_ps(v))
+
+#define XG_FN kernel512_4x2
+#define XG_RI 4
+#define XG_RJ 2
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+#define XG_FN kernel512_8x1
+#define XG_RI 8
+#define XG_RJ 1
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+#define XG_FN kernel512_1x2
+#define XG_RI 1
+#define XG_RJ 2
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+#define XG_FN kernel512_1x1
+#define XG_RI 1
+#define XG_RJ 1
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+
+#undef XG_ATTR
+#undef XG_W
+#undef XG_V
+#undef XG_LOAD
+#undef XG_BCAST16
+#undef XG_SHUF
+#undef XG_ADD8
+#undef XG_ADD16
+#undef XG_ADD32
+#undef XG_SUB32
+#undef XG_AND
+#undef XG_SRL16
+#undef XG_SRL32
+#undef XG_SET16
+#undef XG_SET32
+#undef XG_ZERO
+#undef XG_STORE32
+#undef XG_STOREPS
+
+/* ---- AVX2 kernels ------------------------------------------------------------------- */
+
+#define XG_ATTR __attribute__((target("avx2")))
+#define XG_W 32
+#define XG_V __m256i
+#define XG_LOAD(p) _mm256_load_si256((const __m256i *)(p))
+#define XG_BCAST16(p) _mm256_broadcastsi128_si256(_mm_load_si128((const __m128i *)(p)))
+#define XG_SHUF(t, i) _mm256_shuffle_epi8((t), (i))
+#define XG_ADD8(a, b) _mm256_add_epi8((a), (b))
+#define XG_ADD16(a, b) _mm256_add_epi16((a), (b))
+#define XG_ADD32(a, b) _mm256_add_epi32((a), (b))
+#define XG_SUB32(a, b) _mm256_sub_epi32((a), (b))
+#define XG_AND(a, b) _mm256_and_si256((a), (b))
+#define XG_SRL16(a, n) _mm256_srli_epi16((a), (n))
+#define XG_SRL32(a, n) _mm256_srli_epi32((a), (n))
+#define XG_SET16(v) _mm256_set1_epi16((short)(v))
+#define XG_SET32(v) _mm256_set1_epi32((int)(v))
+#define XG_ZERO() _mm256_setzero_si256()
+#define XG_STORE32(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+#define XG_STOREPS(p, v) _mm256_storeu_ps((p), _mm256_cvtepi32_ps(v))
+
+#define XG_FN kernel256_4x2
+#define XG_RI 4
+#define XG_RJ 2
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+#define XG_FN kernel256_8x1
+#define XG_RI 8
+#define XG_RJ 1
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+#define XG_FN kernel256_1x2
+#define XG_RI 1
+#define XG_RJ 2
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+#define XG_FN kernel256_1x1
+#define XG_RI 1
+#define XG_RJ 1
+#include "xgemm_kernel.inc"
+#undef XG_FN
+#undef XG_RI
+#undef XG_RJ
+
+/* ---- the driver --------------------------------------------------------------------- */
+
+typedef void (*kernel_fn)(const uint8_t *const *, const uint8_t *, int64_t, int64_t, int,
+                          int64_t, void *const *);
+
+/* One kernel call on nr rows of a (rows of them real; the others repeat the last real
+ * row) and the panel blocks at pj (cols real columns of full), into y (row stride ldy).
+ * Rows longer than XG_SUPER bytes go through the kernel in pieces, whose counts are
+ * summed here. */
+static void run_block(kernel_fn fn, int nr, int rows, const uint8_t *const *arow,
+                      const uint8_t *pj, int64_t pstride, int64_t kb, int mode,
+                      int64_t kbits, int32_t *y, int64_t ldy, int64_t cols, int64_t full) {
+  int32_t tmp[8][2 * 64];
+  const uint8_t *rp[8];
+  void *yrow[8];
+  int64_t s0, j;
+  int r;
+  if (kb <= XG_SUPER) {
+    const int direct = rows == nr && cols == full;
+    for (r = 0; r < nr; ++r) {
+      rp[r] = arow[r < rows ? r : rows - 1];
+      yrow[r] = direct ? (void *)(y + r * ldy) : (void *)tmp[r];
+    }
+    fn(rp, pj, pstride, kb, mode, kbits, yrow);
+    if (!direct) {
+      for (r = 0; r < rows; ++r) memcpy(y + r * ldy, tmp[r], (size_t)cols * sizeof(int32_t));
+    }
+    return;
+  }
+  {
+    int32_t total[8][2 * 64];
+    memset(total, 0, sizeof total);
+    for (r = 0; r < nr; ++r) yrow[r] = tmp[r];
+    for (s0 = 0; s0 < kb; s0 += XG_SUPER) {
+      for (r = 0; r < nr; ++r) rp[r] = arow[r < rows ? r : rows - 1] + s0;
+      fn(rp, pj + s0 * (pstride / kb), pstride, kb - s0 < XG_SUPER ? kb - s0 : XG_SUPER,
+         BNN__OUT_COUNT, 0, yrow);
+      for (r = 0; r < rows; ++r) {
+        for (j = 0; j < cols; ++j) total[r][j] += tmp[r][j];
+      }
+    }
+    for (r = 0; r < rows; ++r) {
+      for (j = 0; j < cols; ++j) {
+        const int64_t c = total[r][j];
+        if (mode == BNN__OUT_COUNT) y[r * ldy + j] = (int32_t)c;
+        else if (mode == BNN__OUT_I32) y[r * ldy + j] = (int32_t)(kbits - 2 * c);
+        else ((float *)y)[r * ldy + j] = (float)(kbits - 2 * c);
+      }
+    }
+  }
+}
+
+/* y (m, n), row i at y + i * ldy elements (4 bytes each): see bnn__xplan_run. The panel
+ * of b is swept in pairs of blocks (4 x 2 kernels, rows of a 4 at a time) and a last
+ * single block (8 x 1); on the last rows of a, blocks with their last row repeated when
+ * more than half of it is real work, else one row at a time. */
+void bnn__x86_run(int impl, const uint8_t *panel, int64_t n, int64_t words,
+                  const uint64_t *a, int64_t m, int mode, int64_t kbits, void *y,
+                  int64_t ldy) {
+  const int64_t w = lanes_of(impl), kb = words * 8, blocks = n / w + (n % w != 0);
+  const int64_t pstride = kb * 2 * w;
+  const int wide = impl == BNN__IMPL_AVX512;
+  int64_t jb, i;
+  for (jb = 0; jb < blocks;) {
+    const int rj = blocks - jb >= 2 ? 2 : 1, ri = rj == 2 ? 4 : 8;
+    const kernel_fn block = wide ? (rj == 2 ? kernel512_4x2 : kernel512_8x1)
+                                 : (rj == 2 ? kernel256_4x2 : kernel256_8x1);
+    const kernel_fn single = wide ? (rj == 2 ? kernel512_1x2 : kernel512_1x1)
+                                  : (rj == 2 ? kernel256_1x2 : kernel256_1x1);
+    const int64_t j0 = jb * w, cols = n - j0 < rj * w ? n - j0 : rj * w;
+    for (i = 0; i < m;) {
+      const int64_t left = m - i;
+      const int rows = left >= ri ? ri : (2 * left > ri ? (int)left : 1);
+      const int nr = rows == 1 ? 1 : ri;
+      const uint8_t *arow[8];
+      int r;
+      for (r = 0; r < rows; ++r) arow[r] = (const uint8_t *)(a + (i + r) * words);
+      run_block(nr == 1 ? single : block, nr, rows, arow, panel + jb * pstride, pstride, kb,
+                mode, kbits, (int32_t *)y + i * ldy + j0, ldy, cols, rj * w);
+      i += rows;
+    }
+    jb += rj;
+  }
+}
+
+#else
+typedef int bnn__no_x86_simd; /* ISO C wants a declaration in every translation unit */
+#endif /* BNN_HAVE_X86_SIMD */

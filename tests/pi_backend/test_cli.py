@@ -1,0 +1,121 @@
+"""python -m pi_backend infer|eval|train|bench in subprocesses: the happy paths on a
+small bundle and .npz data, clear errors with exit status 1 (bad files or values) or 2
+(bad arguments), and no jax anywhere in the process."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pi_backend import bundle
+from pi_backend.model import Model
+from tests.pi_backend import bundles
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args, check=True):
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.run([sys.executable, "-m", "pi_backend", *map(str, args)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=300, check=False)
+  if check:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+  return proc
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  d = tmp_path_factory.mktemp("cli")
+  bundle.write(d / "m.bnnpi", *bundles.mlp(hidden=(16,), seed=0))
+  rng = np.random.default_rng(0)
+  np.savez(d / "data.npz", images=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+           labels=rng.integers(0, 10, 60))
+  return d
+
+
+def test_eval_and_infer(files):
+  out = _run("eval", "--bundle", files / "m.bnnpi", "--data", files / "data.npz").stdout
+  model = Model.load(files / "m.bnnpi")
+  z = np.load(files / "data.npz")
+  want = model.evaluate(z["images"], z["labels"])
+  assert f"accuracy {want['accuracy']:.4f} on 60 examples" in out
+  proc = _run("infer", "--bundle", files / "m.bnnpi", "--data", files / "data.npz",
+              "--output", files / "logits.npy", "--limit", "10")
+  np.testing.assert_array_equal(np.load(files / "logits.npy"), model.logits(z["images"][:10]))
+  assert "predictions of the first 10" in proc.stdout
+
+
+def test_train_writes_the_bundle_back(files, tmp_path):
+  out = tmp_path / "trained.bnnpi"
+  proc = _run("train", "--bundle", files / "m.bnnpi", "--data", files / "data.npz",
+              "--batch-size", "20", "--epochs", "2", "--output", out, "--memory")
+  assert "step 6/6 (training step 6)" in proc.stdout
+  assert "peak training buffers" in proc.stdout
+  trained = Model.load(out)
+  assert trained.train_step_count == 6 and trained.adam_count == 6
+  assert Model.load(files / "m.bnnpi").train_step_count == 0  # the input is untouched
+  # --steps stops early; without --output the bundle is overwritten in place
+  copy = tmp_path / "copy.bnnpi"
+  copy.write_bytes(out.read_bytes())
+  _run("train", "--bundle", copy, "--data", files / "data.npz", "--batch-size", "20",
+       "--steps", "2")
+  assert Model.load(copy).train_step_count == 8
+
+
+def test_bench_with_a_bundle(files):
+  proc = _run("bench", "--bundle", files / "m.bnnpi", "--data", files / "data.npz",
+              "--batch-size", "20", "--repeat", "1", "--float-gemm", "numpy")
+  assert "training:" in proc.stdout and "inference:" in proc.stdout
+  assert "peak RSS" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("eval", "--bundle", "{d}/nope.bnnpi", "--data", "{d}/data.npz"), "nope.bnnpi: no such file"),
+    (("eval", "--bundle", "{d}/m.bnnpi", "--data", "{d}/nope.npz"), "nope.npz: no such file"),
+    (("eval", "--bundle", "{d}/data.npz", "--data", "{d}/data.npz"), "not a pi_backend bundle"),
+    (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--batch-size", "100"),
+     "--batch-size 100 is larger than the 60 examples"),
+    (("bench", "--bundle", "{d}/m.bnnpi"), "needs --data"),
+])
+def test_errors(files, args, message):
+  proc = _run(*(a.format(d=files) for a in args), check=False)
+  assert proc.returncode == 1, proc.stdout + proc.stderr
+  assert message in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (("fly",), "invalid choice"),
+    (("eval", "--data", "x.npz"), "--bundle"),
+    (("train", "--bundle", "m", "--data", "d", "--epochs", "0"), "expected an integer >= 1"),
+])
+def test_bad_arguments(args, message):
+  proc = _run(*args, check=False)
+  assert proc.returncode == 2
+  assert message in proc.stderr
+
+
+def test_no_jax_in_the_process(files):
+  code = ("import sys, runpy; sys.argv = ['pi_backend', 'eval', '--bundle', {b!r}, '--data', "
+          "{d!r}]; import pi_backend.__main__ as m; m.main(sys.argv[1:]); "
+          "print('LOADED', sorted(k for k in sys.modules if k.split('.')[0] in "
+          "('jax', 'jaxlib', 'flax', 'tensorflow')))").format(b=str(files / "m.bnnpi"),
+                                                               d=str(files / "data.npz"))
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300, check=False)
+  assert "LOADED []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_only_kernels_calls_the_c_library():
+  """Every ctypes call of the models, the bundle code and the command line goes through
+  pi_backend/kernels.py, which checks shape, dtype and contiguity first: no other module
+  touches ctypes or the loaded library (bench.py excepted: it times the bare call of one
+  kernel beside the checked one, on arguments the checked call accepts)."""
+  for path in (ROOT / "pi_backend").glob("*.py"):
+    if path.name in ("_lib.py", "kernels.py", "bench.py"):
+      continue
+    text = path.read_text()
+    assert "ctypes" not in text, path
+    assert "_lib.loaded" not in text and "_lib.load()." not in text, path

@@ -1,0 +1,70 @@
+"""The kernels pi_backend's models call never write past their output: each output is
+the front of a larger buffer filled with a canary value, which must survive. Shapes are
+those of the models (MLP and CNV heads: n = 10 outputs; batches of 100 and 200) and a
+few odd ones. A kernel writing past its output corrupts the heap of the process (seen
+as a crash much later, elsewhere), so this is checked directly."""
+import numpy as np
+import pytest
+
+from pi_backend import kernels as K
+
+CANARY = 4096
+
+
+def _guarded(shape, dtype):
+  n = int(np.prod(shape))
+  big = np.full(n + CANARY, 77, dtype)
+  return big, big[:n].reshape(shape)
+
+
+def _intact(big, shape):
+  tail = big[int(np.prod(shape)):]
+  assert np.all(tail == 77), f"{np.count_nonzero(tail != 77)} elements written past the output"
+
+
+def _rand(shape, seed):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("m,k,n", [(100, 512, 10), (200, 256, 10), (1, 512, 10),
+                                   (200, 784, 256), (100, 256, 512), (7, 130, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_xnor_gemm(m, k, n, dtype):
+  a, b = K.pack(_rand((m, k), 0)), K.pack_transposed(_rand((k, n), 1))
+  big, out = _guarded((m, n), dtype)
+  K.xnor_gemm(a, b, k, dtype=dtype, out=out)
+  _intact(big, (m, n))
+  want = K.unpack(a, k) @ K.unpack(b, k).T
+  np.testing.assert_array_equal(out, want.astype(dtype))
+
+
+@pytest.mark.parametrize("m,k,n", [(100, 512, 10), (200, 256, 10), (32, 784, 256), (5, 70, 3)])
+def test_float_sign_products(m, k, n):
+  x, w, dy = _rand((m, k), 2), _rand((k, n), 3), _rand((m, n), 4)
+  big, out = _guarded((m, n), np.float32)
+  K.sign_matmul_packed(x, K.pack(w), n, out=out)
+  _intact(big, (m, n))
+  big, out = _guarded((m, k), np.float32)
+  K.matmul_sign_t_packed(dy, K.pack(w), out=out)
+  _intact(big, (m, k))
+  big, out = _guarded((k, n), np.float32)
+  K.sign_t_matmul(K.pack(x), k, dy, out=out)
+  _intact(big, (k, n))
+  big, out = _guarded((k, n), np.float32)
+  K.t_matmul(x, dy, out=out)
+  _intact(big, (k, n))
+
+
+@pytest.mark.parametrize("b,h,c,co,padding", [(100, 14, 64, 128, "VALID"), (1, 30, 64, 64, "VALID"),
+                                              (20, 8, 16, 10, "SAME"), (3, 5, 3, 7, "SAME")])
+def test_convs(b, h, c, co, padding):
+  x, w = _rand((b, h, h, c), 5), _rand((3, 3, c, co), 6)
+  oh = h - 2 if padding == "VALID" else h
+  for dtype in (np.float32, np.int32):
+    big, out = _guarded((b, oh, oh, co), dtype)
+    K.binary_conv2d(K.pack(x), c, K.pack_conv_weights(w), (3, 3), 1, padding, dtype=dtype,
+                    out=out)
+    _intact(big, (b, oh, oh, co))
+  big, out = _guarded((b, oh, oh, co), np.float32)
+  K.sign_conv2d(x, K.pack(w), co, 1, padding, out=out)
+  _intact(big, (b, oh, oh, co))
