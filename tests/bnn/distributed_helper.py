@@ -1,5 +1,5 @@
 """Runs in a fresh process for tests/bnn/test_distributed.py (jax must see the forced
-device count, or join a multi-process run, before it is imported).
+device count before it is imported). The 2-process test runs main.py itself.
 
     python tests/bnn/distributed_helper.py equivalence OUT.npz mlp:standard cnv:proposed
         needs XLA_FLAGS=--xla_force_host_platform_device_count=8; for each model:method,

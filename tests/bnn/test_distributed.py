@@ -20,7 +20,8 @@ from configs import fashion_mnist_mlp
 
 ROOT = Path(__file__).resolve().parents[2]
 HELPER = Path(__file__).with_name("distributed_helper.py")
-LR, STEPS = 1e-3, 3  # the helper's Adam learning rate and number of steps
+LR = fashion_mnist_mlp.get_config().optimizer.lr  # the helper's optimizer: this config's
+STEPS = 3                                          # the helper's default number of steps
 
 
 # ---------------------------------------------------------------------------------------
@@ -303,3 +304,11 @@ def test_two_processes_sigkill_then_resume_match_an_uninterrupted_run(tmp_path):
   lines = [json.loads(l) for l in metrics.read_text().splitlines()]
   assert [r["step"] for r in lines if r["split"] == "train"] == list(range(1, 21))  # process 0 only
   assert (tmp_path / "killed" / "results.json").exists()
+
+  # The two processes' rows made the global batch one process makes: same first loss.
+  from bnn import experiment, train
+  exp = experiment.Experiment(fashion_mnist_mlp.get_config("quick"), tmp_path / "one")
+  batch = exp.global_batch(exp.train_data.dataset[0], exp.config.batch_size)
+  _, one = train.make_train_step(exp.model, exp.tx, exp.plan)(
+      exp.initial_state(), batch["image"], batch["label"])
+  np.testing.assert_allclose(lines[0]["loss"], float(one["loss"]), rtol=1e-5)

@@ -66,8 +66,8 @@ def test_npz(tmp_path, arrays):
     (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
     (_idx(np.zeros((2, 3), np.uint8), 0x08)[:-1], r"shape \(2, 3\).*the file has"),
     (_idx(np.zeros((2, 3), np.uint8), 0x08) + b"\0", r"\(18 bytes\), the file has 19 bytes"),
-    (gzip.compress(_idx(np.zeros(3, np.uint8), 0x08))[:-5], "corrupt or truncated gzip"),
-])
+    (gzip.compress(_idx(np.zeros(3, np.uint8), 0x08), mtime=0)[:-5], "corrupt or truncated gzip"),
+], ids=["short", "bad-magic", "truncated-header", "missing-byte", "extra-byte", "truncated-gzip"])
 def test_bad_idx(tmp_path, content, message):
   (tmp_path / "bad-images-idx3-ubyte").write_bytes(content)
   with pytest.raises(data.DataError, match=message):
