@@ -195,9 +195,11 @@ def test_libfuzzer_on_the_kernels(tmp_path):
   corpus = tmp_path / "corpus"
   corpus.mkdir()
   proc = subprocess.run([str(out / "fuzz_kernels"), "-max_total_time=20", "-seed=20240501",
-                         "-timeout=20", "-rss_limit_mb=2048", "-print_final_stats=1",
-                         f"-artifact_prefix={tmp_path}/", str(corpus)], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=300, check=False)
+                         "-timeout=20", "-rss_limit_mb=6144", "-malloc_limit_mb=1024",
+                         "-print_final_stats=1", f"-artifact_prefix={tmp_path}/", str(corpus)],
+                        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+                        # ASan's quarantine of freed buffers counts as RSS: keep it small
+                        env={**os.environ, "ASAN_OPTIONS": "quarantine_size_mb=32"})
   text = proc.stdout + proc.stderr
   assert proc.returncode == 0, text[-6000:]
   runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", text)
