@@ -180,6 +180,12 @@ class Binary(Layer):
     self.bits = signs.pack_signs(self.kernel.value)
     self._derive()
 
+  def forward(self, x, train):
+    return self._apply(self._input(x, train))
+
+  def recompute(self):
+    return self._apply(self._kept[0])
+
   def _input(self, x, train):
     """The first layer keeps the Batch as it is; the others pack their +-1 input (and
     keep it when training)."""
@@ -206,12 +212,6 @@ class Dense(Binary):
     if not self.spec.first_layer:
       return K.xnor_gemm(xin, self.bits_b, self.spec.in_shape[0], dtype=F32)
     return fgemm.batch_sign_w(xin, self.bits, n, self.float_gemm, ROW_CHUNK)
-
-  def forward(self, x, train):
-    return self._apply(self._input(x, train))
-
-  def recompute(self):
-    return self._apply(self._kept[0])
 
   def backward(self, dy, opt):
     (xin,) = self._kept
@@ -259,12 +259,6 @@ class Conv(Binary):
                       out=y[i:i + ROW_CHUNK])
       return y
     return K.binary_conv2d(xin, s.in_shape[2], self.bits_b, s.kernel, s.strides, s.padding)
-
-  def forward(self, x, train):
-    return self._apply(self._input(x, train))
-
-  def recompute(self):
-    return self._apply(self._kept[0])
 
   def backward(self, dy, opt):
     (xin,) = self._kept
