@@ -3,12 +3,17 @@
 Overrides: --config.optimizer.lr=3e-4 --config.model.grad_quantizer='po2(bits=5)'.
 """
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
-                                "Experiment config file, optionally with :variant.")
+_UNKNOWN_KEY = "error: a --config.* override names a key the config does not have: {}"
+try:  # the default config file is parsed here, with any --config.* overrides
+  config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
+                                  "Experiment config file, optionally with :variant.")
+except (AttributeError, KeyError) as e:
+  sys.exit(_UNKNOWN_KEY.format(e))
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and curves go here "
                     "(default: workdirs/<config file name>).")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "memory", "sweep", "export", "import"],
@@ -31,6 +36,18 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
+  """Runs the mode; errors a user can fix end the process with their message only."""
+  from bnn import checkpoints, config_validation, data, export
+  from pi_backend.errors import BundleError
+  expected = (config_validation.ConfigError, checkpoints.CheckpointError, FloatingPointError,
+              data.DatasetNotFoundError, data.IdxFormatError, export.ExportError, BundleError)
+  try:
+    run(argv)
+  except expected as e:
+    sys.exit(f"error: {type(e).__name__}: {e}")
+
+
+def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
@@ -70,5 +87,13 @@ def main(argv):
     memory_report.report(config, workdir)
 
 
+def parse_flags(argv):
+  """absl's parser; an override of a key the config lacks is a one-line error."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: no such config key
+    sys.exit(_UNKNOWN_KEY.format(e))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

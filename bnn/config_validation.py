@@ -1,7 +1,12 @@
 """Checks an experiment config before anything is built or compiled, so that a bad
-override fails at once with a message that names the key, the value and what is
-expected."""
+value fails at once with a message that names the key, the value and what is
+expected. Every check raises ConfigError (tests/bnn/test_config_validation.py feeds
+it random invalid configs)."""
 from __future__ import annotations
+
+import difflib
+import math
+import os
 
 import ml_collections
 
@@ -11,6 +16,7 @@ from bnn.ops import METHODS
 _POSITIVE_INTS = ("batch_size", "eval_batch_size", "num_epochs", "checkpoint_every_steps",
                   "log_every_steps")
 _GRADIENT_QUANTIZERS = ("grad_quantizer", "bn_grad_quantizer", "weight_grad_quantizer")
+_DTYPES = ("default", "float32", "float16", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -21,29 +27,86 @@ def _fail(key: str, value, expected: str):
   raise ConfigError(f"config.{key}={value!r}: expected {expected}")
 
 
+def _get(config, key: str):
+  for part in key.split("."):
+    config = config[part]
+  return config
+
+
+def _int(config, key: str, minimum: int, expected: str | None = None, allow=()) -> None:
+  value = _get(config, key)
+  if isinstance(value, int) and not isinstance(value, bool) and value in allow:
+    return
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    _fail(key, value, expected or (f"an integer >= {minimum}" if minimum != 1
+                                   else "a positive integer"))
+
+
+def _number(config, key: str, low: float, high: float = math.inf, *,
+            low_open: bool = False, expected: str = "") -> None:
+  value = _get(config, key)
+  ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        and (value > low if low_open else value >= low) and value <= high)
+  if not ok:
+    _fail(key, value, expected or f"a number in {'(' if low_open else '['}{low}, {high}]")
+
+
+def _choice(config, key: str, options) -> None:
+  value = _get(config, key)
+  if not isinstance(value, str) or value not in options:
+    _fail(key, value, f"one of {list(options)}")
+
+
+def _check_known_keys(config, reference, prefix: str = "") -> None:
+  """Keys the experiment reads are those of configs/common.py base(); any other key
+  is a typo that would otherwise be ignored."""
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in reference:
+      close = difflib.get_close_matches(key, list(reference.keys()), n=1)
+      hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+      raise ConfigError(f"config.{path}: unknown key (known under config.{prefix or ''}: "
+                        f"{sorted(reference.keys())}){hint}")
+    value, ref = config[key], reference[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        _fail(path, value, f"a group of keys {sorted(ref.keys())}")
+      _check_known_keys(value, ref, f"{path}.")
+  for key in reference.keys():
+    if key not in config:
+      raise ConfigError(f"config.{prefix}{key}: missing (configs/common.py base() has it)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   from bnn import data, models
+  from configs import common
 
+  _check_known_keys(config, common.base())
   for key in _POSITIVE_INTS:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      _fail(key, value, "a positive integer")
+    _int(config, key, 1)
   for key in ("num_train_steps", "eval_steps"):
-    if config[key] == 0 or config[key] < -1:
-      _fail(key, config[key], "-1 (no limit) or a positive integer")
-  if not config.seed >= 0:
-    _fail("seed", config.seed, "a non-negative integer")
+    _int(config, key, 1, "-1 (no limit) or a positive integer", allow=(-1,))
+  _int(config, "seed", 0)
 
-  if config.dataset.name not in data.DATASETS:
-    _fail("dataset.name", config.dataset.name, f"one of {sorted(data.DATASETS)}")
-  if config.dataset.validation_size < 0:
-    _fail("dataset.validation_size", config.dataset.validation_size, "an integer >= 0")
+  _choice(config, "dataset.name", sorted(data.DATASETS))
+  _int(config, "dataset.validation_size", 0)
+  augment = config.dataset.augment
+  if not isinstance(augment, str):
+    _fail("dataset.augment", augment, "'default', 'none' or a spec such as 'shift(0.15)+flip'")
+  if augment != "default":
+    try:
+      data.parse_augment(augment)
+    except ValueError as e:
+      raise ConfigError(f"config.dataset.augment={augment!r}: {e}") from e
+  data_dir = config.dataset.data_dir
+  if not isinstance(data_dir, str):
+    _fail("dataset.data_dir", data_dir, "a directory path, or '' for TFDS's default")
+  if data_dir and not os.path.isdir(data_dir):
+    _fail("dataset.data_dir", data_dir, "an existing directory (or '' for TFDS's default)")
 
+  _choice(config, "model.method", list(METHODS))
+  _choice(config, "model.name", sorted(models.registry()))
   m = config.model
-  if m.method not in METHODS:
-    _fail("model.method", m.method, f"one of {list(METHODS)}")
-  if m.name not in models.registry():
-    _fail("model.name", m.name, f"one of {sorted(models.registry())}")
   _quantizer("model.activation", m.activation, "forward")
   for key in _GRADIENT_QUANTIZERS:
     if m[key] == "default":
@@ -53,31 +116,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _fail(f"model.{key}", m[key], "'default' or 'identity' with model.method='standard' "
             "(the standard method keeps float32 gradients)")
 
-  o = config.optimizer
-  if o.name not in ("adam", "factored_adam", "bop"):
-    _fail("optimizer.name", o.name, "'adam', 'factored_adam' or 'bop'")
+  _choice(config, "optimizer.name", ("adam", "factored_adam", "bop"))
   for key in ("state_dtype", "weight_dtype"):
-    if o[key] not in ("default", "float32", "float16", "bfloat16"):
-      _fail(f"optimizer.{key}", o[key], "one of 'default', 'float32', 'float16', 'bfloat16'")
-  if not 0 < o.bop_gamma <= 1:
-    _fail("optimizer.bop_gamma", o.bop_gamma, "a number in (0, 1]")
-  if o.bop_threshold < 0:
-    _fail("optimizer.bop_threshold", o.bop_threshold, "a number >= 0")
-  if not o.lr > 0:
-    _fail("optimizer.lr", o.lr, "a positive number")
-  if not 0 < o.plateau_factor <= 1:
-    _fail("optimizer.plateau_factor", o.plateau_factor, "a number in (0, 1]")
-  if o.plateau_patience < 1:
-    _fail("optimizer.plateau_patience", o.plateau_patience, "a positive number of epochs")
-  if o.plateau_min_delta < 0:
-    _fail("optimizer.plateau_min_delta", o.plateau_min_delta, "a number >= 0")
+    _choice(config, f"optimizer.{key}", _DTYPES)
+  _number(config, "optimizer.lr", 0, low_open=True, expected="a positive finite number")
+  _number(config, "optimizer.bop_gamma", 0, 1, low_open=True)
+  _number(config, "optimizer.bop_threshold", 0, expected="a finite number >= 0")
+  _number(config, "optimizer.plateau_factor", 0, 1, low_open=True)
+  _int(config, "optimizer.plateau_patience", 1, "a positive number of epochs")
+  _number(config, "optimizer.plateau_min_delta", 0, expected="a finite number >= 0")
 
-  s = config.sharding
-  if s.state not in ("replicated", "sharded"):
-    _fail("sharding.state", s.state, "'replicated' or 'sharded'")
-  if isinstance(s.num_devices, bool) or not isinstance(s.num_devices, int) or \
-     not (s.num_devices == -1 or s.num_devices >= 1):
-    _fail("sharding.num_devices", s.num_devices, "-1 (all devices) or a positive integer")
+  _choice(config, "sharding.state", ("replicated", "sharded"))
+  _int(config, "sharding.num_devices", 1, "-1 (all devices) or a positive integer",
+       allow=(-1,))
+
+  _check_model_fits_images(config)
+
+
+def _check_model_fits_images(config: ml_collections.ConfigDict) -> None:
+  """Traces the model on the dataset's image shape (shapes only, nothing compiled), so
+  that e.g. a kernel larger than its input is a ConfigError before any data is read."""
+  import jax
+  import jax.numpy as jnp
+  from bnn import data, models
+
+  spec = data.get_spec(config.dataset.name)
+  model = models.create(config.model, spec.num_classes)
+  image = jax.ShapeDtypeStruct((1, *spec.image_shape), jnp.float32)
+  try:
+    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+  except ValueError as e:
+    raise ConfigError(f"config.model.name={config.model.name!r} does not fit "
+                      f"config.dataset.name={config.dataset.name!r} (images "
+                      f"{'x'.join(map(str, spec.image_shape))}): {e}") from e
 
 
 def check_batch_split(config: ml_collections.ConfigDict, num_devices: int,
@@ -96,8 +167,10 @@ def check_batch_split(config: ml_collections.ConfigDict, num_devices: int,
               f"{(config[key] // count + 1) * count}){hint}")
 
 
-def _quantizer(key: str, spec: str, kind: str):
+def _quantizer(key: str, spec, kind: str):
+  if not isinstance(spec, str):
+    _fail(key, spec, "a quantizer spec string such as 'po2(bits=4)'")
   try:
     return quantizers.get(spec, kind)
-  except (ValueError, TypeError) as e:
+  except (ValueError, TypeError, KeyError) as e:
     raise ConfigError(f"config.{key}={spec!r}: {e}") from e

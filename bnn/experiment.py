@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from bnn import checkpoints as ckpt
 from bnn import config_validation, data, distributed, metrics_log, models, optim, train
 
 
@@ -93,16 +94,18 @@ class Experiment:
     if which == "best":
       options = ocp.CheckpointManagerOptions(
           max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max",
-          multiprocessing_options=processes)
+          multiprocessing_options=processes, cleanup_tmp_directories=True)
     else:
       options = ocp.CheckpointManagerOptions(
           max_to_keep=2, save_interval_steps=self.config.checkpoint_every_steps,
-          multiprocessing_options=processes)
-    return ocp.CheckpointManager((self.workdir / which).absolute(), options=options)
+          multiprocessing_options=processes, cleanup_tmp_directories=True)
+    return ckpt.manager(self.workdir / which, options)
 
   def restore(self, manager: ocp.CheckpointManager, step: int | None = None):
+    """A checkpoint, after checking it holds this config's state (bnn/checkpoints.py)."""
     step = manager.latest_step() if step is None else step
-    return manager.restore(step, args=ocp.args.StandardRestore(self.abstract_state))
+    ckpt.check_workdir_config(self.workdir, self.config, has_checkpoints=True)
+    return ckpt.restore(manager, step, self.abstract_state)
 
   def evaluate(self, state: train.TrainState, split: str) -> dict[str, float]:
     eval_step = train.make_eval_step(self.model, self.plan)
@@ -125,16 +128,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   exp = Experiment(config, workdir)
   main = distributed.is_main_process()
   exp.workdir.mkdir(parents=True, exist_ok=True)
-  if main:
-    (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   latest, best = exp.checkpoints(), exp.checkpoints("best")
-
   if latest.latest_step() is not None:
-    state = exp.restore(latest)
+    state = exp.restore(latest)  # refuses another experiment's checkpoints
     if main:
       print(f"resuming from step {int(state.step)} ({exp.workdir / 'checkpoints'})", flush=True)
   else:
     state = exp.initial_state()
+  if main:  # only now: a refused resume leaves the workdir as it was
+    (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   start = int(state.step)
   log = metrics_log.MetricsLog(exp.workdir, resume_step=start) if main else metrics_log.NullLog()
   step_fn = train.make_train_step(exp.model, exp.tx, exp.plan)
@@ -148,29 +150,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       batch = exp.global_batch(batch, config.batch_size)
       state, metrics = step_fn(state, batch["image"], batch["label"])
       window.append(metrics)
-      if step % config.log_every_steps == 0 or step == exp.num_train_steps:
+      end_of_epoch = step % steps_per_epoch == 0 or step == exp.num_train_steps
+      log_now = step % config.log_every_steps == 0 or step == exp.num_train_steps
+      if log_now or end_of_epoch or latest.should_save(step):  # never save a NaN state
+        first = step - len(window) + 1
+        bad = [(s, float(m["loss"])) for s, m in enumerate(jax.device_get(window), first)
+               if not math.isfinite(float(m["loss"]))]
+        if bad:
+          ckpt.wait(latest)
+          raise FloatingPointError(
+              f"non-finite training loss {bad[0][1]} at step {bad[0][0]}; stopped before "
+              f"saving it. The last good checkpoint is step {latest.latest_step()} in "
+              f"{latest.directory} (lower optimizer.lr, or check the data)")
+      if log_now:
         mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
         window = []
-        if not math.isfinite(mean["loss"]):
-          raise FloatingPointError(f"non-finite training loss {mean['loss']} at step {step}; "
-                                   f"the last good checkpoint is at step {latest.latest_step()}")
         log.write(step, "train", {**mean, "learning_rate": learning_rate(config, state)})
         bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
-      end_of_epoch = step % steps_per_epoch == 0 or step == exp.num_train_steps
       if end_of_epoch and "validation" in exp.eval_data:
         val = exp.evaluate(state, "validation")
         log.write(step, "validation", val)
         state = state.replace(monitor=exp.plan.put_replicated(np.float32(1.0 - val["accuracy"])))
-        best.save(step, args=ocp.args.StandardSave(state),
-                  metrics={"val_accuracy": val["accuracy"]})
+        ckpt.save(best, step, state, metrics={"val_accuracy": val["accuracy"]})
         if main:
           bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): validation accuracy "
                     f"{val['accuracy']:.4f}")
-      latest.save(step, args=ocp.args.StandardSave(state), force=step == exp.num_train_steps)
+      ckpt.save(latest, step, state, force=step == exp.num_train_steps)
       bar.update(1)
 
-  latest.wait_until_finished()
-  best.wait_until_finished()
+  ckpt.wait(latest)
+  ckpt.wait(best)
   results = {"step": int(state.step), "test": exp.evaluate(state, "test")}
   if best.best_step() is not None:
     results["best_step"] = int(best.best_step())

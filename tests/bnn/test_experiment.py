@@ -38,27 +38,47 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
+def _kill_during_a_checkpoint_write(workdir, after_step: int, attempts: int = 3) -> None:
+  """Runs main.py in workdir and SIGKILLs it while orbax is writing a checkpoint
+  (a `<step>.orbax-checkpoint-tmp` directory exists) past `after_step`; retries when
+  the write finished between seeing the directory and the kill."""
+  metrics, checkpoints = workdir / "metrics.jsonl", workdir / "checkpoints"
+  for _ in range(attempts):
+    proc = _main(workdir)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+      if metrics.exists() and sum(1 for line in metrics.read_text().splitlines()
+                                  if '"train"' in line) >= after_step:
+        break
+      time.sleep(0.02)
+    while time.time() < deadline and proc.poll() is None:
+      if checkpoints.exists() and any(".orbax-checkpoint-tmp" in p.name
+                                      for p in os.scandir(checkpoints)):
+        proc.send_signal(signal.SIGKILL)
+        break
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed"
+    if any(".orbax-checkpoint-tmp" in p.name for p in os.scandir(checkpoints)):
+      return  # killed mid-write
+  pytest.fail(f"no kill landed during a checkpoint write in {attempts} attempts")
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(tmp_path):
   reference = _main(tmp_path / "reference")
   out, _ = reference.communicate(timeout=600)
   assert reference.returncode == 0, out
 
-  killed = _main(tmp_path / "killed")
+  _kill_during_a_checkpoint_write(tmp_path / "killed", after_step=22)
   metrics = tmp_path / "killed" / "metrics.jsonl"
-  deadline = time.time() + 600
-  while time.time() < deadline:  # kill after step 22: mid-epoch, past two checkpoints
-    if metrics.exists() and sum(1 for line in metrics.read_text().splitlines()
-                                if '"train"' in line) >= 22:
-      break
-    time.sleep(0.02)
-  killed.send_signal(signal.SIGKILL)
-  killed.communicate()
-  assert killed.returncode == -signal.SIGKILL
   checkpoints = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir()
                        if p.name.isdigit())
   assert checkpoints and max(checkpoints) < 120, checkpoints
+  manager = ocp.CheckpointManager((tmp_path / "killed" / "checkpoints").absolute())
+  assert manager.latest_step() == max(checkpoints)  # the half-written one is not taken
+  manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())  # intact
+  manager.close()
 
   resumed = _main(tmp_path / "killed")
   out, _ = resumed.communicate(timeout=600)
@@ -83,10 +103,12 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     ("--config.model.grad_quantizer=po2(bits=0)", "bits"),
     ("--config.model.method=fancy", "fancy"),
     ("--config.optimizer.lr=-1.0", "optimizer.lr"),
+    ("--config.model.name=cnv", "kernel height 3 is larger than the padded input"),
+    ("--config.dataset.data_dir=/no/such/dir", "config.dataset.data_dir='/no/such/dir'"),
 ])
 def test_bad_override_fails_before_compiling(tmp_path, override, message):
   proc = _main(tmp_path / "bad", override, env={"JAX_LOG_COMPILES": "1"})
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode != 0
-  assert message in out
+  assert message in out and "Traceback" not in out, out
   assert "Compiling" not in out and "compil" not in out.lower() and not (tmp_path / "bad" / "checkpoints").exists()

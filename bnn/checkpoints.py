@@ -1,0 +1,190 @@
+"""Orbax checkpoints of a workdir, with clear errors instead of lost work.
+
+What is guaranteed (docs/RELIABILITY.md lists the test behind each):
+  - A checkpoint is written to `<step>.orbax-checkpoint-tmp` and renamed when complete
+    (orbax), so a process killed mid-write leaves the previous checkpoints intact; the
+    half-written directory is never taken for a checkpoint.
+  - A failed write (a full disk, a quota) raises CheckpointWriteError naming the
+    directory, the cause and the last good checkpoint, which stays on disk.
+  - Before restoring, the checkpoint's tree (every array's path, shape and dtype) is
+    compared with what this config builds, and the workdir's config.json with this
+    config's model, dataset and optimizer: any difference raises
+    CheckpointMismatchError listing what differs. A checkpoint whose files cannot be
+    read raises CheckpointReadError naming the step and the older checkpoints.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config keys that decide what a checkpoint holds: resuming with another value would
+# load the state of another experiment. Everything else (steps, lr, logging) may change.
+IDENTITY_KEYS = ("model", "dataset.name", "optimizer.name", "optimizer.state_dtype",
+                 "optimizer.weight_dtype")
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be written or used."""
+
+
+class CheckpointWriteError(CheckpointError):
+  pass
+
+
+class CheckpointReadError(CheckpointError):
+  pass
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+  pass
+
+
+def manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
+  """A manager whose items are StandardSave trees (so their metadata can be read
+  before restoring)."""
+  return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+                               item_handlers=ocp.StandardCheckpointHandler())
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip() or type(error).__name__
+  return text.splitlines()[0][:400]
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, **kwargs) -> bool:
+  """manager.save, with failures (also those of the previous, asynchronous write,
+  which surface here) raised as CheckpointWriteError."""
+  try:
+    return mngr.save(step, args=ocp.args.StandardSave(state), **kwargs)
+  except Exception as e:  # orbax/tensorstore raise ValueError or plain Exception
+    raise _write_error(mngr, e) from e
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _write_error(mngr, e) from e
+
+
+def _write_error(mngr: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+  mngr.reload()  # forget the step whose write failed
+  last = mngr.latest_step()
+  kept = (f"the last good checkpoint is step {last}, still in {mngr.directory}"
+          if last is not None else "there is no earlier checkpoint")
+  return CheckpointWriteError(f"writing a checkpoint to {mngr.directory} failed: "
+                              f"{_first_line(error)}; {kept}. Free space (or fix the "
+                              f"cause) and rerun the same command to resume.")
+
+
+def _flat(tree, is_metadata: bool) -> dict[str, tuple[tuple[int, ...], str]]:
+  """path -> (shape, dtype) of every array leaf, with paths like
+  'opt_state/0/0/mu/BinaryDense_0/kernel' for both a TrainState and orbax metadata."""
+  def name(key) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=(lambda x: hasattr(x, "shape") and hasattr(x, "dtype")) if is_metadata
+      else None)[0]
+  return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+          for path, leaf in leaves if leaf is not None and hasattr(leaf, "shape")}
+
+
+def tree_differences(stored, expected, limit: int = 12) -> list[str]:
+  """Human-readable differences between a checkpoint's array metadata and the
+  abstract state this config builds; empty when they agree."""
+  a, b = _flat(stored, True), _flat(expected, False)
+  out = []
+  for path in sorted(set(a) | set(b)):
+    if path not in b:
+      out.append(f"{path}: in the checkpoint, not in this config's state")
+    elif path not in a:
+      out.append(f"{path}: in this config's state, not in the checkpoint")
+    elif a[path] != b[path]:
+      (sa, da), (sb, db) = a[path], b[path]
+      out.append(f"{path}: checkpoint {da}{list(sa)}, this config {db}{list(sb)}")
+  if len(out) > limit:
+    out = out[:limit] + [f"... and {len(out) - limit} more"]
+  return out
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """The checkpoint at `step`, checked against abstract_state first."""
+  where = Path(mngr.directory) / str(step)
+  older = [s for s in mngr.all_steps() if s < step]
+  hint = (f"the older checkpoints there are steps {older}; move {where} away to resume "
+          f"from step {older[-1]}" if older else "there is no older checkpoint")
+  try:
+    metadata = mngr.item_metadata(step)
+    stored = getattr(metadata, "tree", metadata)
+  except Exception as e:
+    raise CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: {_first_line(e)}; "
+                              f"{hint}") from e
+  if stored is None:
+    raise CheckpointReadError(f"checkpoint {where} has no readable metadata; {hint}")
+  differences = tree_differences(stored, abstract_state)
+  if differences:
+    raise CheckpointMismatchError(
+        f"checkpoint {where} was written by a different model or optimizer than this "
+        f"config builds:\n  " + "\n  ".join(differences) +
+        "\nUse another --workdir, or the config the checkpoint was trained with.")
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+  except Exception as e:
+    raise CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: {_first_line(e)}; "
+                              f"{hint}") from e
+
+
+def _get(tree: dict, dotted: str):
+  for part in dotted.split("."):
+    tree = tree[part]
+  return tree
+
+
+def _flatten(prefix: str, value) -> dict:
+  if isinstance(value, dict):
+    return {k: v for key, sub in value.items() for k, v in _flatten(f"{prefix}.{key}", sub).items()}
+  return {prefix: value}
+
+
+def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Differences in IDENTITY_KEYS between a saved config.json and config."""
+  current = json.loads(config.to_json_best_effort())  # same encoding as config.json
+  out = []
+  for key in IDENTITY_KEYS:
+    try:
+      old = _flatten(key, _get(stored, key))
+    except (KeyError, TypeError):
+      continue  # a key older config files did not have
+    new = _flatten(key, _get(current, key))
+    for k in sorted(set(old) | set(new)):
+      if old.get(k, "<absent>") != new.get(k, "<absent>"):
+        out.append(f"{k}: {old.get(k, '<absent>')!r} in the checkpoint's config, "
+                   f"{new.get(k, '<absent>')!r} in this one")
+  return out
+
+
+def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
+                         has_checkpoints: bool) -> None:
+  """Refuses to resume a workdir whose checkpoints were trained with another model,
+  dataset or optimizer (compared through workdir/config.json)."""
+  path = Path(workdir) / "config.json"
+  if not has_checkpoints or not path.exists():
+    return
+  try:
+    stored = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise CheckpointReadError(f"{path} cannot be read ({_first_line(e)}); it says which "
+                              f"config the checkpoints in {workdir} were trained with") from e
+  differences = config_differences(stored, config)
+  if differences:
+    raise CheckpointMismatchError(
+        f"{workdir} holds checkpoints of another experiment:\n  " + "\n  ".join(differences) +
+        f"\nUse another --workdir, or the same config (the saved one is {path}).")

@@ -1,0 +1,217 @@
+"""Faults around checkpoints (bnn/checkpoints.py): a mismatched or corrupt checkpoint
+is refused with a message saying what differs, a non-finite loss stops training
+before it is saved, a full disk keeps the last good checkpoint. (SIGKILL during a
+checkpoint write: tests/bnn/test_experiment.py.)"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from bnn import checkpoints as ckpt
+from bnn import experiment, train
+from configs import fashion_mnist_mlp
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(**overrides):
+  c = fashion_mnist_mlp.get_config()
+  c.batch_size, c.eval_batch_size, c.eval_steps = 50, 500, 1
+  c.dataset.validation_size = 1000
+  c.num_train_steps, c.checkpoint_every_steps, c.log_every_steps = 12, 4, 100
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _saved_checkpoint(workdir, config, step=4):
+  """A real checkpoint of config's initial state at `step`, and config.json, as a
+  training run leaves them (no compile: the state is only created and saved)."""
+  exp = experiment.Experiment(config, workdir)
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  (Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+  manager = exp.checkpoints()
+  ckpt.save(manager, step, exp.initial_state(), force=True)
+  ckpt.wait(manager)
+  manager.close()
+
+
+# --- pure functions --------------------------------------------------------------
+
+def test_tree_differences_names_path_shape_and_dtype():
+  stored = {"params": {"w": jax.ShapeDtypeStruct((3, 4), jnp.float32),
+                       "gone": jax.ShapeDtypeStruct((2,), jnp.float32)},
+            "opt": [{"mu": jax.ShapeDtypeStruct((3, 4), jnp.float32)}, None]}
+  expected = {"params": {"w": jax.ShapeDtypeStruct((3, 5), jnp.float32),
+                         "new": jax.ShapeDtypeStruct((1,), jnp.int32)},
+              "opt": ({"mu": jax.ShapeDtypeStruct((3, 4), jnp.float16)},)}
+  diff = ckpt.tree_differences(stored, expected)
+  assert diff == [
+      "opt/0/mu: checkpoint float32[3, 4], this config float16[3, 4]",
+      "params/gone: in the checkpoint, not in this config's state",
+      "params/new: in this config's state, not in the checkpoint",
+      "params/w: checkpoint float32[3, 4], this config float32[3, 5]"]
+  assert ckpt.tree_differences(expected, expected) == []
+
+
+def test_config_differences_only_for_keys_that_decide_the_state():
+  old = json.loads(_config().to_json_best_effort())
+  assert ckpt.config_differences(old, _config(**{"optimizer.lr": 1.0, "num_train_steps": 99,
+                                                "batch_size": 100})) == []
+  diff = ckpt.config_differences(old, _config(**{"model.method": "standard",
+                                                 "optimizer.name": "bop"}))
+  assert diff == ["model.method: 'proposed' in the checkpoint's config, 'standard' in this one",
+                  "optimizer.name: 'adam' in the checkpoint's config, 'bop' in this one"]
+
+
+# --- refused checkpoints -----------------------------------------------------------
+
+@pytest.mark.real_data
+def test_checkpoint_of_another_method_is_refused_and_workdir_left_alone(tmp_path):
+  _saved_checkpoint(tmp_path, _config())
+  before = (tmp_path / "config.json").read_text()
+  with pytest.raises(ckpt.CheckpointMismatchError,
+                     match=r"model.method: 'proposed' in the checkpoint's config, "
+                           r"'standard' in this one"):
+    experiment.train_and_evaluate(_config(**{"model.method": "standard"}), tmp_path)
+  assert (tmp_path / "config.json").read_text() == before
+  assert ckpt.manager(tmp_path / "checkpoints", ocp.CheckpointManagerOptions()).all_steps() == [4]
+
+
+@pytest.mark.real_data
+def test_checkpoint_with_other_shapes_is_refused_even_without_config_json(tmp_path):
+  _saved_checkpoint(tmp_path, _config())
+  (tmp_path / "config.json").unlink()  # only the arrays' metadata is left to compare
+  config = _config(**{"optimizer.state_dtype": "float16"})
+  with pytest.raises(ckpt.CheckpointMismatchError) as e:
+    experiment.evaluate(config, tmp_path)
+  message = str(e.value)
+  assert "checkpoints/4 was written by a different model or optimizer" in message
+  assert "opt_state/0/0/mu/BinaryDense_0/kernel: checkpoint float32[784, 256], " \
+         "this config float16[784, 256]" in message
+
+
+@pytest.mark.real_data
+def test_corrupt_checkpoint_is_refused_naming_the_older_one(tmp_path):
+  config = _config()
+  exp = experiment.Experiment(config, tmp_path)
+  manager = exp.checkpoints()
+  state = exp.initial_state()
+  for step in (4, 8):
+    ckpt.save(manager, step, state, force=True)
+    ckpt.wait(manager)
+  manager.close()
+  data_files = [p for p in (tmp_path / "checkpoints" / "8").rglob("*")
+                if p.is_file() and p.parent.name == "d"]
+  assert data_files
+  for p in data_files:  # truncate the array data, keep the metadata
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+  with pytest.raises(ckpt.CheckpointReadError,
+                     match=r"checkpoints/8 is corrupt or unreadable: .*older checkpoints there are steps "
+                           r"\[4\]; move .*/8 away to resume from step 4"):
+    experiment.train_and_evaluate(config, tmp_path)
+  shutil.rmtree(tmp_path / "checkpoints" / "8")  # as the message says
+  restored = exp.restore(exp.checkpoints())
+  assert int(restored.step) == int(state.step)
+
+
+# --- non-finite loss ---------------------------------------------------------------
+
+@pytest.mark.real_data
+def test_non_finite_loss_stops_before_it_is_saved(tmp_path, monkeypatch):
+  """From step 6 on the step diverges (NaN parameters and loss); log every 100 steps,
+  checkpoint every 4: the run must stop at the checkpoint of step 8, not save it."""
+  make = train.make_train_step
+
+  def diverging_step(*args, **kwargs):
+    step_fn = make(*args, **kwargs)
+
+    def step(state, images, labels):
+      state, metrics = step_fn(state, images, labels)
+      if int(state.step) >= 6:
+        state = state.replace(params=jax.tree_util.tree_map(lambda p: p * jnp.nan,
+                                                            state.params))
+        metrics = {**metrics, "loss": metrics["loss"] * jnp.nan}
+      return state, metrics
+    return step
+
+  monkeypatch.setattr(train, "make_train_step", diverging_step)
+  with pytest.raises(FloatingPointError,
+                     match=r"non-finite training loss nan at step 6; stopped before saving "
+                           r"it\. The last good checkpoint is step 4"):
+    experiment.train_and_evaluate(_config(), tmp_path)
+  monkeypatch.undo()
+  exp = experiment.Experiment(_config(), tmp_path)
+  manager = exp.checkpoints()
+  assert max(manager.all_steps()) == 4  # nothing at or after the first bad step
+  state = exp.restore(manager)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state.params))
+
+
+# --- full disk ---------------------------------------------------------------------
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+  path.mkdir()
+  if os.geteuid() != 0:
+    pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+  subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                 check=True)
+
+
+def _fill(path: Path, leave_bytes: int) -> Path:
+  filler = path / "filler"
+  st = os.statvfs(path)
+  with open(filler, "wb") as f:
+    f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_bytes))
+  return filler
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_full_disk_gives_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+  disk = tmp_path / "disk"
+  _mount_tmpfs(disk, "48m")
+  try:
+    workdir = disk / "run"
+    args = [sys.executable, "main.py", f"--workdir={workdir}",
+            "--config=configs/fashion_mnist_mlp.py", "--config.batch_size=50",
+            "--config.num_train_steps=200", "--config.checkpoint_every_steps=10",
+            "--config.log_every_steps=10", "--config.dataset.validation_size=1000",
+            "--config.eval_batch_size=500", "--config.eval_steps=1"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "20").exists() and time.time() < deadline:
+      time.sleep(0.01)
+    assert (workdir / "checkpoints" / "20").exists(), "no checkpoint 20 before the deadline"
+    filler = _fill(disk, leave_bytes=256 * 1024)  # room for metrics, not for a checkpoint
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0, out
+    assert "CheckpointWriteError" in out and "No space left on device" in out, out
+    last = int(out.split("the last good checkpoint is step ")[1].split(",")[0])
+    assert 20 <= last < 200
+
+    filler.unlink()
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept[-1] == last, kept
+    resumed = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from step {last}" in resumed.stdout
+    assert json.loads((workdir / "results.json").read_text())["step"] == 200
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
