@@ -87,13 +87,36 @@ def _bias_corrected_decay(step, b2):
   return b2 * (1 - b2**t) / (1 - b2**(t + 1))
 
 
+def stored_ema(decay: float, dtype) -> optax.GradientTransformation:
+  """optax.ema(decay, debias=True) kept in dtype, whose output is the debiased
+  *stored* (rounded) EMA, as a device that only has the 16-bit buffer computes it.
+  Reading the stored moment also lets XLA update the moment in place and then the
+  weights in place: with the unrounded value, the weight update recomputed the new
+  moment from the old one, which XLA then had to copy before overwriting."""
+  def init(params):
+    return optax.EmaState(count=jnp.zeros([], jnp.int32),
+                          ema=jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), params))
+
+  def update(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+    ema = jax.tree.map(lambda g, m: (decay * m.astype(jnp.float32)
+                                     + (1 - decay) * g.astype(jnp.float32)).astype(dtype),
+                       updates, state.ema)
+    correction = 1 - decay ** count.astype(jnp.float32)
+    return jax.tree.map(lambda m: m.astype(jnp.float32) / correction, ema), \
+        optax.EmaState(count=count, ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
 def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
   """Adam's direction m_hat / sqrt(v_hat), v_hat factored over the two largest axes
   (kept in float32: two small vectors), m the EMA of g / sqrt(v_hat) in moment_dtype."""
   second_moment = optax.scale_by_factored_rms(
       decay_rate=b2, decay_rate_fn=_bias_corrected_decay, min_dim_size_to_factor=1)
   return optax.chain(low_precision_state(second_moment, jnp.float32),  # c^2 underflows float16
-                     low_precision_state(optax.ema(b1, debias=True), moment_dtype))
+                     stored_ema(b1, moment_dtype))
 
 
 def is_binary_kernel(path) -> bool:

@@ -63,7 +63,59 @@ def equivalence(args) -> None:
         lambda: train.create_train_state(model, tx, jnp.zeros((1, *shape)), seed=0))())
     for n, mode in RUNS:
       _run(out, f"{case}/{n}_{mode}", model, tx, initial, shape, n, mode, args)
+    if case.endswith(":proposed"):
+      _flips(out, case, model, tx, initial, shape, args)
   np.savez(args.out, **out)
+
+
+def _flips(out, case, model, tx, initial, shape, args):
+  """Where one step from the same state differs between 1 and 8 devices, and the raw
+  (unquantized) weight gradient there, relative to its layer's largest entry.
+
+  Along the 1-device trajectory, each step is also taken on 8 devices (state
+  replicated) from the same state. The differing kernel entries are recorded with
+  |dW| / max|dW| of the float weight gradient of that step (the same model with
+  weight_grad_quantizer='identity', one device)."""
+  raw_model = model.clone(weight_grad_quantizer="identity")
+  grad = jax.jit(jax.grad(lambda p, s, x, y, r: train.loss_fn(raw_model, p, s, x, y, r)[0]))
+  one, eight = distributed.make_mesh(1), distributed.make_mesh(8)
+  plans = {n: distributed.plan(initial, mesh, "replicated") for n, mesh in ((1, one), (8, eight))}
+  steps = {n: train.make_train_step(model, tx, plans[n]) for n in plans}
+  rng = np.random.default_rng(0)
+  state = initial
+  relative, counts = [], []
+  for _ in range(args.steps):
+    local = {"image": rng.integers(0, 256, (args.batch, *shape), dtype=np.uint8),
+             "label": rng.integers(0, 10, args.batch).astype(np.int32)}
+    after = {}
+    for n, plan in plans.items():
+      b = distributed.global_batch(local, plan.batch, args.batch, args.batch)
+      after[n] = jax.device_get(steps[n](distributed.place(state, plan.state),
+                                         b["image"], b["label"])[0])
+    step_rng = jax.random.split(jnp.asarray(state.rng))[1]
+    raw = jax.device_get(grad(state.params, state.batch_stats, train.to_float(local["image"]),
+                              local["label"], step_rng))
+    flipped = 0
+    for path, p1 in jax.tree_util.tree_leaves_with_path(after[1].params):
+      key = jax.tree_util.keystr(path)
+      if not key.endswith("['kernel']"):
+        continue
+      p8 = _at(after[8].params, path)
+      g = np.abs(np.asarray(_at(raw, path), np.float64))
+      mask = np.abs(np.asarray(p8) - np.asarray(p1)) > 1e-6
+      flipped += int(mask.sum())
+      if mask.any():
+        relative.extend((g[mask] / g.max()).tolist())
+    counts.append(flipped)
+    state = after[1]
+  out[f"{case}/flips/relative_raw_grad"] = np.asarray(relative, np.float64)
+  out[f"{case}/flips/count_per_step"] = np.asarray(counts)
+
+
+def _at(tree, path):
+  for key in path:
+    tree = tree[getattr(key, "key", getattr(key, "idx", None))]
+  return tree
 
 
 def _run(out, tag, model, tx, initial, shape, n, mode, args):

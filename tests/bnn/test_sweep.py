@@ -169,7 +169,9 @@ def _events(workdir):
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_failing_point_is_recorded_and_the_others_run(tmp_path):
-  """Two worker processes; one point's dataset is missing."""
+  """Two worker processes; one point's dataset is missing (from a data_dir that
+  exists: a data_dir that does not is refused up front, for the whole sweep)."""
+  (tmp_path / "no_data").mkdir()
   points = [{"name": "broken", "dataset.name": "cifar10", "model.name": "cnv",
              "dataset.data_dir": str(tmp_path / "no_data")},
             {"name": "ok", "model.method": "proposed"}]
