@@ -316,6 +316,7 @@ def _table(rows, jax_rows, mem, np_peak, t_pi) -> list[str]:
   lines = ["# pi_backend benchmark", "",
            f"`python bench/pi_backend.py` on {_cpu()} ({platform.machine()}), one thread "
            f"(OpenBLAS/OMP = 1, XLA single-threaded), popcount `{K.popcount_impl()}`, "
+           f"float kernels `{K.float_impl()}`, "
            f"NumPy {np.__version__}. Medians after a warm-up. The machine is shared, so "
            f"times move by 10-30% between runs.", "",
            "| what | pi_backend | baseline | pi_backend advantage | target | met |",
@@ -337,9 +338,14 @@ def _table(rows, jax_rows, mem, np_peak, t_pi) -> list[str]:
       f"12.62 MiB).", "", "```", mem.table(), "```", "",
       "Notes. pi_backend's training step runs the proposed backward, whose products are "
       "float x sign GEMMs (the same multiply-adds as float32), plus Adam on float16 "
-      "storage; its time goes mostly to `kernels.adam_f16` (float16 conversions in "
-      "portable C, one element at a time), the C float x sign GEMMs (portable 4-lane "
-      "vectors; OpenBLAS uses AVX-512 here) and the batch-norm kernels; the XNOR "
+      "storage. The float kernels (float x sign GEMMs with FMA, float16 conversions, "
+      "Adam, the batch-norm rows) take an x86 AVX2 + F16C + FMA or AVX-512F path chosen "
+      "at run time (`kernels.float_impl()`; bit-identical to the portable 4-lane code "
+      "except the FMA rounding of the real x^T dy). What remains is spread thinly: the "
+      "float x sign GEMMs (about 13 ms; 4 x 32 register blocks, one thread), Adam and "
+      "the sign_scaled weight gradient (26 blocks of rows, for the memory bound), the "
+      "batch-norm and sign kernels, and Python per-call overhead (about 150 kernel "
+      "calls and NumPy glue per step); the XNOR "
       "forward is a small part. `float_gemm='numpy'` hands the dense float x sign "
       "products to NumPy's BLAS. CNV inference folds each batch norm + sign after an "
       "XNOR layer into one integer threshold per channel (exact) and keeps +-1 "

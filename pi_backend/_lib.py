@@ -24,7 +24,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIB_NAME = "libbnnpi.so"
-ABI_VERSION = 2  # must match BNN_ABI_VERSION in csrc/bnnpi.h
+ABI_VERSION = 3  # must match BNN_ABI_VERSION in csrc/bnnpi.h
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -183,10 +183,17 @@ _SIGNATURES = {
     "bnn_popcount_impl_available": (_INT, [_INT]),
     "bnn_popcount_impl_name": (ctypes.c_char_p, []),
     "bnn_popcount_impl_name_of": (ctypes.c_char_p, [_INT]),
+    "bnn_set_float_impl": (_INT, [_INT]),
+    "bnn_float_impl": (_INT, []),
+    "bnn_float_impl_available": (_INT, [_INT]),
+    "bnn_float_impl_name_of": (ctypes.c_char_p, [_INT]),
     "bnn_words": (_I, [_I]),
     "bnn_pack": (_INT, [_P, _I, _I, _P]),
     "bnn_unpack": (_INT, [_P, _I, _I, _P]),
     "bnn_pack_transposed": (_INT, [_P, _I, _I, _P]),
+    "bnn_pack_f16": (_INT, [_P, _I, _I, _P]),
+    "bnn_sign_scaled_grad": (_INT, [_P, _P, _I, ctypes.c_uint16, _P]),
+    "bnn_pack_f16_transposed": (_INT, [_P, _I, _I, _P]),
     "bnn_pack_conv_weights": (_INT, [_P, _I, _I, _I, _I, _P]),
     "bnn_xnor_gemm_i32": (_INT, [_P, _P, _I, _I, _I, _P]),
     "bnn_xnor_gemm_f32": (_INT, [_P, _P, _I, _I, _I, _P]),

@@ -3,7 +3,8 @@ or by NumPy's BLAS ("numpy": the +-1 operand expanded to float32 one panel of 64
 at a time, so that no float copy of a whole weight matrix is made).
 
 Both give the same products up to the order of float32 sums. "numpy" is there because
-the C float GEMM is portable C (4-lane vectors) while NumPy's OpenBLAS uses the widest
+the C float GEMM multiplies and adds separately (no FMA; AVX2 / AVX-512F on x86, 4-lane
+vectors elsewhere) while NumPy's OpenBLAS uses FMA and the widest
 vectors the CPU has; bench/pi_backend.py times both.
 """
 from __future__ import annotations

@@ -180,6 +180,40 @@ def set_popcount_impl(impl: str) -> str:
   return popcount_impl()
 
 
+def float_impl() -> str:
+  """The implementation of the float kernels (float x sign GEMMs, float16 conversions,
+  Adam) in use: 'portable' / 'sse' / 'neon' (4-lane vectors), 'x86-avx2' (AVX2 + F16C +
+  FMA) or 'x86-avx512f' (also the batch-norm rows). All are bit-identical except
+  t_matmul (real x^T dy), where the x86 ones use FMA (float32 rounding differences; the
+  sign products are exact either way)."""
+  lib = _lib.load()
+  return lib.bnn_float_impl_name_of(lib.bnn_float_impl()).decode()
+
+
+def float_impls() -> list[str]:
+  """The float implementations this CPU can run, the portable one first."""
+  lib = _lib.load()
+  return [lib.bnn_float_impl_name_of(code).decode() for code in (1, 3, 4)
+          if lib.bnn_float_impl_available(code)]
+
+
+def set_float_impl(impl: str) -> str:
+  """Chooses the float implementation: 'auto' (the fastest this CPU has), 'portable'
+  (the 4-lane one, whatever its name) or a name from ``float_impls()``; returns the name
+  now in use. ValueError when it is not available (the choice in use is kept). A
+  process-wide setting (not to be changed while a kernel runs)."""
+  lib = _lib.load()
+  names = {lib.bnn_float_impl_name_of(code).decode(): code for code in (1, 3, 4)
+           if lib.bnn_float_impl_name_of(code)}
+  code = {"auto": 0, "portable": 1}.get(impl, names.get(impl))
+  if code is None or not (code == 0 or lib.bnn_float_impl_available(code)):
+    raise ValueError(f"set_float_impl: impl={impl!r} is not available on this CPU; "
+                     f"available: {float_impls()}")
+  if lib.bnn_set_float_impl(code) != 0:
+    raise ValueError(f"set_float_impl: the library refused impl={impl!r}")
+  return float_impl()
+
+
 # ---- packing -----------------------------------------------------------------------
 
 def pack(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -188,6 +222,15 @@ def pack(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
   n = x.shape[-1]
   out = _out("pack", out, x.shape[:-1] + (words(n),), U64, {"x": x})
   _call("pack", "bnn_pack", _ptr(x), _rows(x), n, _ptr(out))
+  return out
+
+
+def pack_f16(x: np.ndarray) -> np.ndarray:
+  """pack for float16 x (..., n), on the bit patterns: bit = x >= 0 (-0.0 -> 1, NaN -> 0)."""
+  _array("pack_f16", "x", x, F16, min_ndim=1, what="(..., n)")
+  n = x.shape[-1]
+  out = np.empty(x.shape[:-1] + (words(n),), U64)
+  _call("pack_f16", "bnn_pack_f16", _ptr(x), _rows(x), n, _ptr(out))
   return out
 
 
@@ -210,6 +253,15 @@ def pack_transposed(w: np.ndarray) -> np.ndarray:
   k, n = w.shape
   out = np.empty((n, words(k)), U64)
   _call("pack_transposed", "bnn_pack_transposed", _ptr(w), k, n, _ptr(out))
+  return out
+
+
+def pack_f16_transposed(w: np.ndarray) -> np.ndarray:
+  """pack_transposed for float16 w (k, n), on the bit patterns (-0.0 -> 1, NaN -> 0)."""
+  _array("pack_f16_transposed", "w", w, F16, (None, None), what="(k, n)")
+  k, n = w.shape
+  out = np.empty((n, words(k)), U64)
+  _call("pack_f16_transposed", "bnn_pack_f16_transposed", _ptr(w), k, n, _ptr(out))
   return out
 
 
@@ -772,13 +824,30 @@ def adam_f16(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, *, step
   _call(fn, cname, _ptr(w), _ptr(m), _ptr(v), _ptr(g), w.size, step, lr, b1, b2, eps)
 
 
+def sign_scaled_grad(dw: np.ndarray, w: np.ndarray, c: np.float16) -> np.ndarray:
+  """The sign_scaled weight gradient, float16 of w's shape: +-c by the sign of dw float32
+  (dw >= 0: +c; NaN: -c), 0 where the float16 latent weight w has |w| > 1 or is NaN."""
+  fn = "sign_scaled_grad"
+  _array(fn, "dw", dw, F32)
+  _array(fn, "w", w, F16, dw.shape, what="(dw's shape)")
+  c16 = np.float16(c).view(np.uint16)
+  if c16 & 0x8000:
+    raise ValueError(f"{fn}: c={c!r}; expected a non-negative float16")
+  out = np.empty(dw.shape, F16)
+  _call(fn, "bnn_sign_scaled_grad", _ptr(dw), _ptr(w), dw.size, int(c16), _ptr(out))
+  return out
+
+
 __all__ = [
     "BatchNormForward", "adam_f16", "batch_norm_eval", "batch_norm_l1",
     "batch_norm_l1_backward", "binary_conv2d", "conv2d_backward_input",
     "conv2d_backward_weight", "conv_output_hw", "conv_padding", "f16_to_f32", "f32_to_f16",
     "from_uint8", "im2col_packed", "matmul_sign_t", "matmul_sign_t_packed", "max_pool2x2",
-    "max_pool2x2_backward", "pack", "pack_conv_weights", "pack_transposed", "po2",
-    "popcount_impl", "popcount_impls", "set_popcount_impl", "sign_conv2d", "sign_matmul",
-    "sign_matmul_packed", "sign_ste", "sign_ste_backward", "sign_t_matmul", "t_matmul",
+    "max_pool2x2_backward", "pack", "pack_conv_weights", "pack_f16", "pack_f16_transposed",
+    "pack_transposed", "po2",
+    "popcount_impl", "popcount_impls", "set_popcount_impl", "float_impl", "float_impls",
+    "set_float_impl", "sign_conv2d", "sign_matmul",
+    "sign_matmul_packed", "sign_scaled_grad", "sign_ste", "sign_ste_backward",
+    "sign_t_matmul", "t_matmul",
     "to_uint8", "unpack", "words", "xnor_gemm",
 ]

@@ -1,7 +1,8 @@
 """Sign bits of latent weights of any float dtype (float16 here), in the kernels'
 layouts: bit = w >= 0 (sign(0) = sign(-0.0) = +1), packed along the last axis into
-uint64 words (pi_backend.kernels' layout). NumPy packbits plus kernels.from_uint8, so
-that no float32 copy of the weights is made."""
+uint64 words (pi_backend.kernels' layout). float16 dense weights by the C kernels
+(kernels.pack_f16 / pack_f16_transposed on the bit patterns), the rest by NumPy packbits plus
+kernels.from_uint8, so that no float32 copy of the weights is made."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,11 @@ def _packbits(b: np.ndarray) -> np.ndarray:
 
 
 def pack_signs(w: np.ndarray, block: int = 1 << 15) -> np.ndarray:
-  """w (..., n) float -> uint64 (..., words(n)) = kernels.pack(w) for float32 w; a block of
-  about ``block`` elements at a time, so that the temporary bools stay small."""
+  """w (..., n) float -> uint64 (..., words(n)) = kernels.pack(w) for float32 w; float16
+  by the C kernel (kernels.pack_f16), other dtypes a block of about
+  ``block`` elements at a time, so that the temporary bools stay small."""
+  if w.dtype == np.float16 and w.ndim >= 1 and w.flags.c_contiguous:
+    return K.pack_f16(w)
   n = w.shape[-1]
   flat = w.reshape(-1, n) if n else w.reshape(0, 0)
   out = np.empty((flat.shape[0], K.words(n)), np.uint64)
@@ -38,6 +42,8 @@ def pack_signs(w: np.ndarray, block: int = 1 << 15) -> np.ndarray:
 def dense_bits_t(w: np.ndarray) -> np.ndarray:
   """Dense weights (n_in, n_out) -> uint64 (n_out, words(n_in)) = kernels.pack_transposed(w):
   the B operand of kernels.xnor_gemm."""
+  if w.dtype == np.float16 and w.flags.c_contiguous:
+    return K.pack_f16_transposed(w)
   n_in = w.shape[0]
   return K.from_uint8(_packbits(nonnegative(w).T), n_in)
 

@@ -22,13 +22,18 @@ int bnn_sign_ste_forward(const float *x, int64_t rows, int64_t n, float clip, fl
   for (r = 0; r < rows; ++r) {
     const float *xr = x + r * n;
     uint64_t *mr = mask + r * wn;
-    for (j = 0; j < n; ++j) {
-      float v = xr[j];
-      bnn__or_bit(mr, j, (v < 0.0f ? -v : v) <= clip);  /* NaN: 0 */
+    for (j = 0; j < n; j += 64) {  /* a word at a time, built in a register */
+      const int cnt = (int)(n - j < 64 ? n - j : 64);
+      uint64_t word = 0;
+      int b;
+      for (b = 0; b < cnt; ++b) {
+        word |= (uint64_t)(bnn__abs_f32(xr[j + b]) <= clip) << b;  /* NaN: 0 */
+      }
+      mr[j >> 6] = word;
     }
     if (y) {
       float *yr = y + r * n;
-      for (j = 0; j < n; ++j) yr[j] = xr[j] >= 0.0f ? 1.0f : -1.0f;
+      for (j = 0; j < n; ++j) yr[j] = bnn__sign_f32(xr[j]);
     }
   }
   return BNN_OK;

@@ -6,6 +6,47 @@
 
 #include "internal.h"
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+/* aarch64: float16 <-> float32 by NEON (fcvtl / fcvtn, round to nearest even under the
+ * default FPCR: the same bits as the portable conversion), the same float32 operations
+ * in the same order as the loop below (vdivq / vsqrtq are IEEE exact roundings). */
+#include <arm_neon.h>
+#define BNN_HAVE_F16_NEON 1
+
+static inline float32x4_t load_h4(const uint16_t *p) {
+  return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p)));
+}
+
+static inline void store_h4(uint16_t *p, float32x4_t x) {
+  vst1_u16(p, vreinterpret_u16_f16(vcvt_f16_f32(x)));
+}
+
+static int64_t adam_neon(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
+                         const uint16_t *g16, int64_t n, float lr, float b1, float b2,
+                         float eps, float bc1, float bc2) {
+  const float32x4_t vb1 = vdupq_n_f32(b1), vb2 = vdupq_n_f32(b2);
+  const float32x4_t vob1 = vdupq_n_f32(1.0f - b1), vob2 = vdupq_n_f32(1.0f - b2);
+  const float32x4_t vbc1 = vdupq_n_f32(bc1), vbc2 = vdupq_n_f32(bc2);
+  const float32x4_t veps = vdupq_n_f32(eps), vlr = vdupq_n_f32(lr);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t g = g32 ? vld1q_f32(g32 + i) : load_h4(g16 + i);
+    const float32x4_t mi = vaddq_f32(vmulq_f32(vob1, g), vmulq_f32(vb1, load_h4(m + i)));
+    const float32x4_t vi = vaddq_f32(vmulq_f32(vob2, vmulq_f32(g, g)),
+                                     vmulq_f32(vb2, load_h4(v + i)));
+    const float32x4_t upd = vdivq_f32(vdivq_f32(mi, vbc1),
+                                      vaddq_f32(vsqrtq_f32(vdivq_f32(vi, vbc2)), veps));
+    const float32x4_t wi = vsubq_f32(load_h4(w + i), vmulq_f32(vlr, upd));
+    store_h4(m + i, mi);
+    store_h4(v + i, vi);
+    store_h4(w + i, wi);
+  }
+  return i;
+}
+#else
+#define BNN_HAVE_F16_NEON 0
+#endif
+
 static int adam_impl(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
                      const uint16_t *g16, int64_t n, int64_t step, float lr, float b1,
                      float b2, float eps) {
@@ -23,7 +64,15 @@ static int adam_impl(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
   bc2 = (float)(1.0 - pow((double)b2, (double)step));
   one_b1 = 1.0f - b1;
   one_b2 = 1.0f - b2;
-  for (i = 0; i < n; ++i) {
+  i = 0;
+#if BNN_HAVE_X86_SIMD
+  if (bnn__float_level() >= BNN__IMPL_AVX2) {
+    i = bnn__x86_adam(w, m, v, g32, g16, n, lr, b1, b2, eps, bc1, bc2);
+  }
+#elif BNN_HAVE_F16_NEON
+  i = adam_neon(w, m, v, g32, g16, n, lr, b1, b2, eps, bc1, bc2);
+#endif
+  for (; i < n; ++i) {
     const float g = g32 ? g32[i] : bnn__f16_to_f32(g16[i]);
     float mi = one_b1 * g + b1 * bnn__f16_to_f32(m[i]);
     float vi = one_b2 * (g * g) + b2 * bnn__f16_to_f32(v[i]);
@@ -46,4 +95,22 @@ int bnn_adam_f16_g16(uint16_t *w, uint16_t *m, uint16_t *v, const uint16_t *g, i
                      int64_t step, float lr, float b1, float b2, float eps) {
   if (!g && n > 0) return BNN_ERR_NULL;
   return adam_impl(w, m, v, NULL, g, n, step, lr, b1, b2, eps);
+}
+
+/* The sign_scaled weight gradient on float16 bit patterns (pi_backend.quant): c16 with
+ * the sign of dw (dw >= 0: +, else -, NaN included), 0 where the latent weight is
+ * outside [-1, 1] (|w| > 1.0 = 0x3c00, or NaN). Branch-free. */
+int bnn_sign_scaled_grad(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,
+                         uint16_t *out) {
+  int64_t i;
+  if (n < 0) return BNN_ERR_SIZE;
+  if (!bnn__fits(n, sizeof(float))) return BNN_ERR_OVERFLOW;
+  if (n == 0) return BNN_OK;
+  if (!dw || !w || !out) return BNN_ERR_NULL;
+  for (i = 0; i < n; ++i) {
+    const uint32_t neg = (uint32_t)!(dw[i] >= 0.0f);
+    const uint32_t keep = (uint32_t)((w[i] & 0x7fffu) <= 0x3c00u);
+    out[i] = (uint16_t)(((neg << 15) | c16) & (0u - keep));
+  }
+  return BNN_OK;
 }

@@ -8,6 +8,15 @@
 
 #include "internal.h"
 
+/* The AVX-512F row kernels (float_x86.c; bit-identical) when the float impl is 4. */
+#if BNN_HAVE_X86_SIMD
+#define X86_ONLY(call) call
+static int use_avx512(void) { return bnn__float_level() >= BNN__IMPL_AVX512; }
+#else
+#define X86_ONLY(call) ((void)0)
+static int use_avx512(void) { return 0; }
+#endif
+
 static int check_nc(int64_t n, int64_t c) {
   int64_t t;
   int err;
@@ -23,7 +32,8 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
                       uint16_t *scale16, uint16_t *m16, float *running_mean,
                       float *running_scale, double momentum) {
   const int64_t wc = bnn__words(c);
-  int64_t i, j;
+  const int avx512 = use_avx512();
+  int64_t i, j, j0;
   double *acc;
   int err = check_nc(n, c);
   if (err != BNN_OK) return err;
@@ -38,6 +48,10 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
   /* mean */
   for (i = 0; i < n; ++i) {
     const float *xi = x + i * c;
+    if (avx512) {
+      X86_ONLY(bnn__x86_bn_sum_row(xi, NULL, c, acc));
+      continue;
+    }
     for (j = 0; j < c; ++j) acc[j] += xi[j];
   }
   for (j = 0; j < c; ++j) mean[j] = (float)(acc[j] / (double)n);
@@ -45,9 +59,13 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
   memset(acc, 0, (size_t)c * sizeof(double));
   for (i = 0; i < n; ++i) {
     const float *xi = x + i * c;
+    if (avx512) {
+      X86_ONLY(bnn__x86_bn_sum_row(xi, mean, c, acc));
+      continue;
+    }
     for (j = 0; j < c; ++j) {
       float d = xi[j] - mean[j];
-      acc[j] += d < 0.0f ? -d : d;
+      acc[j] += bnn__abs_f32(d);
     }
   }
   for (j = 0; j < c; ++j) scale[j] = (float)(acc[j] / (double)n) + eps;
@@ -58,11 +76,20 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
     const float *xi = x + i * c;
     float *yi = y + i * c;
     uint64_t *bits = sign_bits + i * wc;
-    for (j = 0; j < c; ++j) {
-      float xh = (xi[j] - mean[j]) / scale[j];
-      bnn__or_bit(bits, j, xh >= 0.0f);
-      acc[j] += xh < 0.0f ? -xh : xh;
-      yi[j] = xh + beta[j];
+    if (avx512) {
+      X86_ONLY(bnn__x86_bn_forward_row(xi, mean, scale, beta, c, acc, yi, bits));
+      continue;
+    }
+    for (j0 = 0; j0 < c; j0 += 64) {  /* a word of sign bits at a time, in a register */
+      const int64_t j1 = c - j0 < 64 ? c : j0 + 64;
+      uint64_t word = 0;
+      for (j = j0; j < j1; ++j) {
+        float xh = (xi[j] - mean[j]) / scale[j];
+        word |= (uint64_t)(xh >= 0.0f) << (j - j0);
+        acc[j] += bnn__abs_f32(xh);
+        yi[j] = xh + beta[j];
+      }
+      bits[j0 >> 6] = word;
     }
   }
   for (j = 0; j < c; ++j) {
@@ -98,31 +125,44 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
                        const uint16_t *m16, int64_t n, int64_t c, int dy_to_f16, float *dx,
                        float *dbeta) {
   const int64_t wc = bnn__words(c);
+  const int avx512 = use_avx512();
   int64_t i, j;
   double *acc;
-  float *scl, *mg, *k;
+  float *scl, *mg, *k, *row;
+  uint16_t *row16;
   int err = check_nc(n, c);
   if (err != BNN_OK) return err;
   if (!dy || !sign_bits || !scale16 || !m16 || !dx || !dbeta) return BNN_ERR_NULL;
   acc = (double *)calloc((size_t)(3 * c), sizeof(double));
-  scl = (float *)malloc((size_t)(3 * c) * sizeof(float));
-  if (!acc || !scl) {
+  scl = (float *)malloc((size_t)(4 * c) * sizeof(float));
+  row16 = (uint16_t *)malloc((size_t)c * sizeof(uint16_t));
+  if (!acc || !scl || !row16) {
     free(acc);
     free(scl);
+    free(row16);
     return BNN_ERR_NOMEM;
   }
   mg = scl + c;
   k = scl + 2 * c;
+  row = scl + 3 * c; /* a row of dy rounded to float16 (dy_to_f16) */
   for (j = 0; j < c; ++j) scl[j] = bnn__f16_to_f32(scale16[j]);
   /* sums of g = dy' / scale, g * s and dy' */
   for (i = 0; i < n; ++i) {
     const float *dyi = dy + i * c;
     const uint64_t *bits = sign_bits + i * wc;
+    if (dy_to_f16) {
+      bnn__round_f16_buf(dyi, c, row, row16);
+      dyi = row;
+    }
+    if (avx512) {
+      X86_ONLY(bnn__x86_bn_backward_sums(dyi, bits, scl, c, acc));
+      continue;
+    }
     for (j = 0; j < c; ++j) {
-      float d = dy_to_f16 ? bnn__round_f16(dyi[j]) : dyi[j];
+      float d = dyi[j];
       float g = d / scl[j];
       acc[j] += g;
-      acc[c + j] += bnn__get_bit(bits, j) ? g : -g;
+      acc[c + j] += bnn__flip_unless(g, bnn__get_bit(bits, j));
       acc[2 * c + j] += d;
     }
   }
@@ -135,13 +175,22 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
     const float *dyi = dy + i * c;
     const uint64_t *bits = sign_bits + i * wc;
     float *dxi = dx + i * c;
+    if (dy_to_f16) {
+      bnn__round_f16_buf(dyi, c, row, row16);
+      dyi = row;
+    }
+    if (avx512) {
+      X86_ONLY(bnn__x86_bn_backward_dx(dyi, bits, scl, mg, k, c, dxi));
+      continue;
+    }
     for (j = 0; j < c; ++j) {
-      float d = dy_to_f16 ? bnn__round_f16(dyi[j]) : dyi[j];
+      float d = dyi[j];
       float g = d / scl[j];
-      dxi[j] = (g - mg[j]) - (bnn__get_bit(bits, j) ? k[j] : -k[j]);
+      dxi[j] = (g - mg[j]) - bnn__flip_unless(k[j], bnn__get_bit(bits, j));
     }
   }
   free(acc);
   free(scl);
+  free(row16);
   return BNN_OK;
 }

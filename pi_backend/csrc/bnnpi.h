@@ -28,7 +28,7 @@
 extern "C" {
 #endif
 
-#define BNN_ABI_VERSION 2
+#define BNN_ABI_VERSION 3
 
 /* Error codes. */
 #define BNN_OK 0
@@ -57,6 +57,19 @@ int bnn_popcount_impl_available(int impl); /* 1 or 0; impl 1 .. 4 */
 const char *bnn_popcount_impl_name_of(int impl);
 const char *bnn_popcount_impl_name(void);
 
+/* Implementation of the float kernels (float x sign GEMMs, float16 conversions, Adam,
+ * the float16 rounding of the batch-norm backward). 0 = automatic, 1 = portable C
+ * (4-lane vectors: NEON, SSE or plain C), 3 = x86 AVX2 + F16C + FMA, 4 = x86 AVX-512F
+ * (+ AVX2, F16C, FMA; also the batch-norm rows); checked at run time. All give
+ * bit-identical results except bnn_t_matmul (real x^T dy), whose 3 and 4 use FMA (one
+ * rounding per multiply-add; x * +-1 is exact, so the sign GEMMs are unaffected).
+ * BNN_ERR_ARG when unavailable; process-wide, like bnn_set_popcount_impl. */
+int bnn_set_float_impl(int impl);
+int bnn_float_impl(void); /* the one in use: 1, 3 or 4 */
+int bnn_float_impl_available(int impl); /* 1 or 0 */
+/* "portable" / "neon" / "sse" (1), "x86-avx2" (3), "x86-avx512f" (4); NULL otherwise. */
+const char *bnn_float_impl_name_of(int impl);
+
 /* ---- packing (pack.c) ---------------------------------------------------- */
 int64_t bnn_words(int64_t n);
 /* x: (rows, n) float32 -> out: (rows, bnn_words(n)) words, bit = x >= 0. */
@@ -65,6 +78,9 @@ int bnn_pack(const float *x, int64_t rows, int64_t n, uint64_t *out);
 int bnn_unpack(const uint64_t *packed, int64_t rows, int64_t n, float *out);
 /* w: (k, n) float32 -> out: (n, bnn_words(k)): sign(w)^T packed, i.e. pack(w.T). */
 int bnn_pack_transposed(const float *w, int64_t k, int64_t n, uint64_t *out);
+/* The same two for float16 x (bit patterns; bit = x >= 0, so -0.0 -> 1, NaN -> 0). */
+int bnn_pack_f16(const uint16_t *x, int64_t rows, int64_t n, uint64_t *out);
+int bnn_pack_f16_transposed(const uint16_t *w, int64_t k, int64_t n, uint64_t *out);
 /* Conv weights for bnn_binary_conv2d: w (kh, kw, c_in, c_out) float32 HWIO ->
  * out: (c_out, kh * kw * bnn_words(c_in)), i.e. pack(w.transpose(3, 0, 1, 2)). */
 int bnn_pack_conv_weights(const float *w, int64_t kh, int64_t kw, int64_t c_in,
@@ -222,6 +238,10 @@ int bnn_adam_f16(uint16_t *w, uint16_t *m, uint16_t *v, const float *g, int64_t 
                  int64_t step, float lr, float b1, float b2, float eps);
 int bnn_adam_f16_g16(uint16_t *w, uint16_t *m, uint16_t *v, const uint16_t *g, int64_t n,
                      int64_t step, float lr, float b1, float b2, float eps);
+/* The sign_scaled weight gradient in float16 bits: out[i] = c16 with the sign bit set
+ * when !(dw[i] >= 0), or 0 when |w[i]| > 1 or NaN (w float16 bits: (w & 0x7fff) > 0x3c00). */
+int bnn_sign_scaled_grad(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,
+                         uint16_t *out);
 
 #ifdef __cplusplus
 }

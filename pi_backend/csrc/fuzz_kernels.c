@@ -164,9 +164,25 @@ static int sane3(int64_t a, int64_t b, int64_t c) { return sane(a) && sane(b) &&
 
 static void fuzz_pack(input *in, buffers *b) {
   const int64_t rows = size_arg(in), n = size_arg(in), wn = words(n);
-  const int which = (int)take(in, 1) % 4;
+  const int which = (int)take(in, 1) % 7;
   int rc;
-  if (which == 0) {
+  if (which == 6) {
+    float *dw = fbuf(b, prod(rows, n), 1);
+    uint16_t *w = (uint16_t *)buf(b, prod(rows, n), 2);
+    uint16_t *out = (uint16_t *)buf(b, prod(rows, n), 2);
+    rc = bnn_sign_scaled_grad(dw, w, prod(rows, n), 0x1c00, out);
+    check_code(rc, "bnn_sign_scaled_grad");
+  } else if (which == 4) {
+    uint16_t *x = (uint16_t *)buf(b, prod(rows, n), 2);
+    uint64_t *out = (uint64_t *)buf(b, prod(rows, wn), 8);
+    rc = bnn_pack_f16(x, rows, n, out);
+    expect(b, rc, sane(rows) && sane(n), rows < 0 || n < 0, "bnn_pack_f16");
+  } else if (which == 5) {
+    uint16_t *w = (uint16_t *)buf(b, prod(rows, n), 2);
+    uint64_t *out = (uint64_t *)buf(b, prod(n, words(rows)), 8);
+    rc = bnn_pack_f16_transposed(w, rows, n, out);
+    expect(b, rc, sane(rows) && sane(n), rows < 0 || n < 0, "bnn_pack_f16_transposed");
+  } else if (which == 0) {
     float *x = fbuf(b, prod(rows, n), 1);
     uint64_t *out = (uint64_t *)buf(b, prod(rows, wn), 8);
     rc = bnn_pack(x, rows, n, out);

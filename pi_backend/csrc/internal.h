@@ -69,6 +69,20 @@ void bnn__pack_row(const float *x, int64_t n, uint64_t *out);
 /* Unpacks one row of n elements into +-1 floats. */
 void bnn__unpack_row(const uint64_t *row, int64_t n, float *out);
 
+/* Transposes a 64 x 64 bit matrix in place: afterwards bit r of a[c] is what bit c of
+ * a[r] was (bit 0 = column 0). */
+static inline void bnn__transpose64(uint64_t a[64]) {
+  uint64_t msk = UINT64_C(0x00000000ffffffff), t;
+  int j, k;
+  for (j = 32; j; j >>= 1, msk ^= msk << j) {
+    for (k = 0; k < 64; k = ((k | j) + 1) & ~j) {
+      t = ((a[k] >> j) ^ a[k | j]) & msk;
+      a[k | j] ^= t;
+      a[k] ^= t << j;
+    }
+  }
+}
+
 /* ---- popcount ------------------------------------------------------------------ */
 
 static inline uint64_t bnn__popcount64(uint64_t x) {
@@ -138,6 +152,34 @@ void bnn__sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
 void bnn__sgemm_tn(int64_t M, int64_t N, int64_t K, const float *At, int64_t ldat,
                    const float *B, int64_t ldb, float *C, int64_t ldc, int accumulate);
 
+/* ---- float kernel fast paths (bnn_set_float_impl; float_x86.c) ------------------ */
+
+/* The level in use: BNN__IMPL_PORTABLE, or on x86 BNN__IMPL_AVX2 (AVX2 + F16C) or
+ * BNN__IMPL_AVX512 (AVX-512F as well). */
+int bnn__float_level(void);
+
+#if BNN_HAVE_X86_SIMD
+int bnn__x86_float_level(void); /* the best this CPU has */
+void bnn__x86_f32_to_f16(const float *x, int64_t n, uint16_t *out);
+void bnn__x86_f16_to_f32(const uint16_t *x, int64_t n, float *out);
+int64_t bnn__x86_adam(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
+                      const uint16_t *g16, int64_t n, float lr, float b1, float b2, float eps,
+                      float bc1, float bc2);
+void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out);
+/* batch-norm rows (AVX-512F only: call at BNN__IMPL_AVX512) */
+void bnn__x86_bn_sum_row(const float *x, const float *mean, int64_t c, double *acc);
+void bnn__x86_bn_forward_row(const float *x, const float *mean, const float *scale,
+                             const float *beta, int64_t c, double *acc, float *y,
+                             uint64_t *bits);
+void bnn__x86_bn_backward_sums(const float *d, const uint64_t *bits, const float *scl,
+                               int64_t c, double *acc);
+void bnn__x86_bn_backward_dx(const float *d, const uint64_t *bits, const float *scl,
+                             const float *mg, const float *kk, int64_t c, float *dx);
+int64_t bnn__x86_sgemm(int level, int64_t M, int64_t N, int64_t K, const float *A,
+                       int64_t si, int64_t sp, const float *B, int64_t ldb, float *C,
+                       int64_t ldc, int accumulate);
+#endif
+
 /* ---- float16 (IEEE binary16), bit manipulation only ------------------------------ */
 
 static inline uint32_t bnn__f32_bits(float f) {
@@ -202,6 +244,27 @@ static inline float bnn__f16_to_f32(uint16_t hv) {
   return bnn__f32_from_bits(sign | ((exp - 15u + 127u) << 23) | (mant << 13));
 }
 
+/* +1.0f when x >= 0 (so also for -0.0f), else -1.0f (NaN included), without a branch. */
+static inline float bnn__sign_f32(float x) {
+  uint32_t u = UINT32_C(0xbf800000) ^ ((uint32_t)(x >= 0.0f) << 31);
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/* x when bit is 1, -x when bit is 0 (a sign flip, exact), without a branch. */
+static inline float bnn__flip_unless(float x, int bit) {
+  return bnn__f32_from_bits(bnn__f32_bits(x) ^ ((uint32_t)(~bit & 1) << 31));
+}
+
+/* |x| (clears the sign bit; NaN stays NaN). */
+static inline float bnn__abs_f32(float x) {
+  return bnn__f32_from_bits(bnn__f32_bits(x) & UINT32_C(0x7fffffff));
+}
+
 static inline float bnn__round_f16(float f) { return bnn__f16_to_f32(bnn__f32_to_f16(f)); }
+
+/* out[i] = bnn__round_f16(x[i]) for n elements (half.c; fast paths); tmp: n scratch. */
+void bnn__round_f16_buf(const float *x, int64_t n, float *out, uint16_t *tmp);
 
 #endif /* BNNPI_INTERNAL_H */

@@ -9,7 +9,8 @@
 
 #include "internal.h"
 
-enum { KC = 64 };  /* rows of the +-1 operand expanded per panel */
+enum { KC = 64 };  /* rows of the +-1 operand expanded per panel (at most 64: sign_rows_t,
+                      and a multiple of 64: t_matmul_impl) */
 
 static int check_mkn(int64_t m, int64_t k, int64_t n) {
   int64_t t;
@@ -38,21 +39,32 @@ static void sign_rows(const float *w, const uint64_t *wp, int64_t p0, int64_t pb
     float *d = dst + pp * n;
     if (w) {
       const float *src = w + (p0 + pp) * n;
-      for (j = 0; j < n; ++j) d[j] = src[j] >= 0.0f ? 1.0f : -1.0f;
+      for (j = 0; j < n; ++j) d[j] = bnn__sign_f32(src[j]);
     } else {
       bnn__unpack_row(wp + (p0 + pp) * wn, n, d);
     }
   }
 }
 
-/* The same rows transposed: dst (n, pb). */
+/* The same rows transposed: dst (n, pb); pb <= 64. */
 static void sign_rows_t(const float *w, const uint64_t *wp, int64_t p0, int64_t pb,
                         int64_t n, float *dst) {
   int64_t pp, j, wn = bnn__words(n);
+  if (!w) {  /* packed: a 64 x 64 bit transpose per word column, then unpack each row */
+    uint64_t t[64];
+    int64_t wj;
+    for (wj = 0; wj < wn; ++wj) {
+      const int64_t cols = n - wj * 64 < 64 ? n - wj * 64 : 64;
+      for (pp = 0; pp < 64; ++pp) t[pp] = pp < pb ? wp[(p0 + pp) * wn + wj] : 0;
+      bnn__transpose64(t);
+      for (j = 0; j < cols; ++j) bnn__unpack_row(&t[j], pb, dst + (wj * 64 + j) * pb);
+    }
+    return;
+  }
   for (pp = 0; pp < pb; ++pp) {
     if (w) {
       const float *src = w + (p0 + pp) * n;
-      for (j = 0; j < n; ++j) dst[j * pb + pp] = src[j] >= 0.0f ? 1.0f : -1.0f;
+      for (j = 0; j < n; ++j) dst[j * pb + pp] = bnn__sign_f32(src[j]);
     } else {
       const uint64_t *row = wp + (p0 + pp) * wn;
       for (j = 0; j < n; ++j) dst[j * pb + pp] = bnn__get_bit(row, j) ? 1.0f : -1.0f;
@@ -134,7 +146,7 @@ int bnn_matmul_sign_t_packed(const float *dy, const uint64_t *w_packed, int64_t 
  * at a time) or the real x (m, k). */
 static int t_matmul_impl(const float *x, const uint64_t *xp, const float *dy, int64_t m,
                          int64_t k, int64_t n, float *dw) {
-  int64_t p0, pp, i, wk = bnn__words(k);
+  int64_t p0, i, wk = bnn__words(k);
   float *tmp;
   int err = check_mkn(m, k, n);
   if (err != BNN_OK) return err;
@@ -151,9 +163,8 @@ static int t_matmul_impl(const float *x, const uint64_t *xp, const float *dy, in
   if (!(tmp = scratch(k < KC ? k : KC, m))) return BNN_ERR_NOMEM;
   for (p0 = 0; p0 < k; p0 += KC) {  /* sign(x) panels (m, pb), i.e. X^T transposed */
     int64_t pb = k - p0 < KC ? k - p0 : KC;
-    for (i = 0; i < m; ++i) {
-      const uint64_t *row = xp + i * wk;
-      for (pp = 0; pp < pb; ++pp) tmp[i * pb + pp] = bnn__get_bit(row, p0 + pp) ? 1.0f : -1.0f;
+    for (i = 0; i < m; ++i) {  /* p0 is a multiple of 64 (KC): whole words */
+      bnn__unpack_row(xp + i * wk + p0 / 64, pb, tmp + i * pb);
     }
     bnn__sgemm_tn(pb, n, m, tmp, pb, dy, n, dw + p0 * n, n, 0);
   }

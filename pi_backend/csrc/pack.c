@@ -51,11 +51,23 @@ void bnn__pack_row(const float *x, int64_t n, uint64_t *out) {
 
 void bnn__unpack_row(const uint64_t *row, int64_t n, float *out) {
   int64_t wi, words = bnn__words(n);
+#if BNN_HAVE_X86_SIMD
+  const int level = bnn__float_level();
+  if (level >= BNN__IMPL_AVX2) {
+    bnn__x86_unpack_row(level, row, n, out);
+    return;
+  }
+#endif
   for (wi = 0; wi < words; ++wi) {
     uint64_t word = row[wi];
     int64_t base = wi * 64;
     int j, cnt = (int)(n - base < 64 ? n - base : 64);
-    for (j = 0; j < cnt; ++j) out[base + j] = ((word >> j) & 1u) ? 1.0f : -1.0f;
+    /* branch-free (random signs defeat branch prediction): +-1.0f differ only in the
+     * sign bit, 1.0f = 0x3f800000, -1.0f = 0xbf800000 */
+    for (j = 0; j < cnt; ++j) {
+      uint32_t u = UINT32_C(0xbf800000) ^ ((uint32_t)((word >> j) & 1u) << 31);
+      memcpy(out + base + j, &u, sizeof u);
+    }
   }
 }
 
@@ -98,6 +110,58 @@ int bnn_pack_transposed(const float *w, int64_t k, int64_t n, uint64_t *out) {
   for (p = 0; p < k; ++p) {           /* row p of w is column p of w^T */
     const float *wp = w + p * n;
     for (i = 0; i < n; ++i) bnn__or_bit(out + i * wk, p, wp[i] >= 0.0f);
+  }
+  return BNN_OK;
+}
+
+/* bit = (w >= 0) on float16 bit patterns: +0 .. +inf and -0.0 (NaN: 0). */
+static inline uint64_t f16_nonneg(uint16_t u) { return (uint64_t)(u <= 0x7c00u || u == 0x8000u); }
+
+/* Word wi of the packed row of n float16 values. */
+static inline uint64_t f16_word(const uint16_t *row, int64_t n, int64_t wi) {
+  const int64_t base = wi * 64;
+  const int cnt = (int)(n - base < 64 ? n - base : 64);
+  uint64_t word = 0;
+  int j;
+  for (j = 0; j < cnt; ++j) word |= f16_nonneg(row[base + j]) << j;
+  return word;
+}
+
+int bnn_pack_f16(const uint16_t *x, int64_t rows, int64_t n, uint64_t *out) {
+  int64_t total, wn, r, wi;
+  int err;
+  if (rows < 0 || n < 0) return BNN_ERR_SIZE;
+  wn = bnn__words(n);
+  if ((err = bnn__count(&total, sizeof(uint16_t), rows, n, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&total, sizeof(uint64_t), rows, wn, 1, 1)) != BNN_OK) return err;
+  if (total == 0) return BNN_OK;
+  if (!x || !out) return BNN_ERR_NULL;
+  for (r = 0; r < rows; ++r) {
+    for (wi = 0; wi < wn; ++wi) out[r * wn + wi] = f16_word(x + r * n, n, wi);
+  }
+  return BNN_OK;
+}
+
+int bnn_pack_f16_transposed(const uint16_t *w, int64_t k, int64_t n, uint64_t *out) {
+  int64_t total, wk, wn, p0, wj, r, cc;
+  uint64_t t[64];
+  int err;
+  if (k < 0 || n < 0) return BNN_ERR_SIZE;
+  wk = bnn__words(k);
+  wn = bnn__words(n);
+  if ((err = bnn__count(&total, sizeof(uint16_t), k, n, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&total, sizeof(uint64_t), n, wk, 1, 1)) != BNN_OK) return err;
+  if (total == 0) return BNN_OK;
+  if (!w || !out) return BNN_ERR_NULL;
+  /* blocks of 64 rows x 64 columns: pack the rows, transpose the 64 x 64 bits */
+  for (p0 = 0; p0 < k; p0 += 64) {
+    const int64_t rows = k - p0 < 64 ? k - p0 : 64;
+    for (wj = 0; wj < wn; ++wj) {
+      const int64_t cols = n - wj * 64 < 64 ? n - wj * 64 : 64;
+      for (r = 0; r < 64; ++r) t[r] = r < rows ? f16_word(w + (p0 + r) * n, n, wj) : 0;
+      bnn__transpose64(t);
+      for (cc = 0; cc < cols; ++cc) out[(wj * 64 + cc) * wk + p0 / 64] = t[cc];
+    }
   }
   return BNN_OK;
 }

@@ -72,9 +72,67 @@ static void row_block(int64_t N, int64_t K, const float *a, int64_t sp, const fl
   }
 }
 
+/* ---- the float implementation in use (bnn_set_float_impl) ------------------------ */
+
+static int float_available(int impl) {
+  if (impl == BNN__IMPL_PORTABLE) return 1;
+#if BNN_HAVE_X86_SIMD
+  if (impl == BNN__IMPL_AVX2 || impl == BNN__IMPL_AVX512) return bnn__x86_float_level() >= impl;
+#endif
+  return 0;
+}
+
+static int g_float = 0; /* 0: not chosen yet */
+
+int bnn_float_impl_available(int impl) { return float_available(impl); }
+
+int bnn_set_float_impl(int impl) {
+  if (impl == 0) {
+    impl = BNN__IMPL_PORTABLE;
+#if BNN_HAVE_X86_SIMD
+    impl = bnn__x86_float_level();
+#endif
+  } else if (!float_available(impl)) {
+    return BNN_ERR_ARG;
+  }
+  g_float = impl;
+  return BNN_OK;
+}
+
+int bnn_float_impl(void) {
+  if (!g_float) bnn_set_float_impl(0);
+  return g_float;
+}
+
+int bnn__float_level(void) { return bnn_float_impl(); }
+
+const char *bnn_float_impl_name_of(int impl) {
+  switch (impl) {
+    case BNN__IMPL_PORTABLE: return BNN_SIMD_NAME;
+    case BNN__IMPL_AVX2: return BNN_HAVE_X86_SIMD ? "x86-avx2" : NULL;
+    case BNN__IMPL_AVX512: return BNN_HAVE_X86_SIMD ? "x86-avx512f" : NULL;
+    default: return NULL;
+  }
+}
+
 static void sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t si, int64_t sp,
                   const float *B, int64_t ldb, float *C, int64_t ldc, int accumulate) {
   int64_t i = 0, j, ii;
+#if BNN_HAVE_X86_SIMD
+  {
+    const int level = bnn__float_level();
+    if (level >= BNN__IMPL_AVX2 && N >= 8) {
+      /* the vector blocks did columns [0, nv) of every row; the rest, one row at a time */
+      const int64_t nv = bnn__x86_sgemm(level, M, N, K, A, si, sp, B, ldb, C, ldc, accumulate);
+      if (nv < N) {
+        for (i = 0; i < M; ++i) {
+          row_block(N - nv, K, A + i * si, sp, B + nv, ldb, C + i * ldc + nv, accumulate);
+        }
+      }
+      return;
+    }
+  }
+#endif
   for (; i + MR <= M; i += MR) {
     const float *Ai = A + i * si;
     float *Ci = C + i * ldc;

@@ -1,0 +1,366 @@
+/*
+ * x86 fast paths of the float kernels (AVX2 + F16C + FMA, AVX-512F), chosen at run time
+ * (bnn_set_float_impl): the library is built for plain x86-64 and each function here
+ * carries its own target attribute.
+ *   - float16 <-> float32 with F16C (vcvtph2ps / vcvtps2ph, round to nearest even: the
+ *     same bits as the portable bit manipulation of internal.h, NaN included: groups
+ *     holding an inf or NaN float16 are converted by the portable code, as vcvtph2ps
+ *     would quiet a signalling NaN);
+ *   - Adam on float16 storage, 8 elements at a time, the same float32 operations in the
+ *     same order as adam.c (mul, add, div, sqrt are IEEE exact roundings, no FMA), so
+ *     the results are bit-identical (a NaN stays a NaN; its payload may differ);
+ *   - +-1 floats from sign bits (bnn__unpack_row) with AVX2 compares / AVX-512 masks;
+ *   - the L1 batch-norm rows (AVX-512F): the same float32 operations per element and
+ *     the same double sums per channel in row order, bit-identical;
+ *   - the register blocks of the float GEMM (sgemm.c) with 8-lane (AVX2) or 16-lane
+ *     (AVX-512F) vectors and FMA: 4 rows x 16 or 32 columns, summed in the same order
+ *     over K as the portable kernel. For the float x sign products x * (+-1) is exact, so
+ *     FMA gives the portable kernel's bits; the real x^T dy (bnn_t_matmul) rounds once
+ *     per multiply-add (as OpenBLAS does), a float32 rounding difference the tests allow.
+ * valgrind hides AVX-512, so under valgrind the AVX2 level is the one that runs.
+ */
+#include "internal.h"
+
+#if BNN_HAVE_X86_SIMD
+#include <cpuid.h>
+#include <immintrin.h>
+
+int bnn__x86_float_level(void) {
+  unsigned a, b, c, d;
+  int level = BNN__IMPL_PORTABLE;
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2")) return level; /* also checks the OS saves YMM */
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C) || !(c & bit_FMA)) return level;
+  level = BNN__IMPL_AVX2;
+  if (__builtin_cpu_supports("avx512f")) level = BNN__IMPL_AVX512;
+  return level;
+}
+
+#define F16C_ATTR __attribute__((target("avx2,f16c")))
+
+F16C_ATTR void bnn__x86_f32_to_f16(const float *x, int64_t n, uint16_t *out) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128((__m128i *)(void *)(out + i), h);
+  }
+  for (; i < n; ++i) out[i] = bnn__f32_to_f16(x[i]);
+}
+
+F16C_ATTR void bnn__x86_f16_to_f32(const uint16_t *x, int64_t n, float *out) {
+  int64_t i = 0;
+  const __m128i expmask = _mm_set1_epi16(0x7c00);
+  for (; i + 8 <= n; i += 8) {
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(x + i));
+    /* vcvtph2ps quiets a signalling NaN; the portable conversion keeps its bits */
+    if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(h, expmask), expmask))) {
+      int k;
+      for (k = 0; k < 8; ++k) out[i + k] = bnn__f16_to_f32(x[i + k]);
+      continue;
+    }
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+  }
+  for (; i < n; ++i) out[i] = bnn__f16_to_f32(x[i]);
+}
+
+static inline F16C_ATTR __m256 load_h8(const uint16_t *p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+
+static inline F16C_ATTR void store_h8(uint16_t *p, __m256 v) {
+  _mm_storeu_si128((__m128i *)(void *)p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* Elements [0, n - n % 8); returns how many it did. */
+F16C_ATTR int64_t bnn__x86_adam(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
+                                const uint16_t *g16, int64_t n, float lr, float b1, float b2,
+                                float eps, float bc1, float bc2) {
+  const __m256 vb1 = _mm256_set1_ps(b1), vb2 = _mm256_set1_ps(b2);
+  const __m256 vob1 = _mm256_set1_ps(1.0f - b1), vob2 = _mm256_set1_ps(1.0f - b2);
+  const __m256 vbc1 = _mm256_set1_ps(bc1), vbc2 = _mm256_set1_ps(bc2);
+  const __m256 veps = _mm256_set1_ps(eps), vlr = _mm256_set1_ps(lr);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = g32 ? _mm256_loadu_ps(g32 + i) : load_h8(g16 + i);
+    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(vob1, g), _mm256_mul_ps(vb1, load_h8(m + i)));
+    const __m256 vi = _mm256_add_ps(_mm256_mul_ps(vob2, _mm256_mul_ps(g, g)),
+                                    _mm256_mul_ps(vb2, load_h8(v + i)));
+    const __m256 upd = _mm256_div_ps(_mm256_div_ps(mi, vbc1),
+                                     _mm256_add_ps(_mm256_sqrt_ps(_mm256_div_ps(vi, vbc2)), veps));
+    const __m256 wi = _mm256_sub_ps(load_h8(w + i), _mm256_mul_ps(vlr, upd));
+    store_h8(m + i, mi);
+    store_h8(v + i, vi);
+    store_h8(w + i, wi);
+  }
+  return i;
+}
+
+/* bnn__unpack_row with vectors: +-1.0f from the bits of row (n elements). */
+__attribute__((target("avx2"))) static void unpack_avx2(const uint64_t *row, int64_t n,
+                                                        float *out) {
+  const __m256i bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256 one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const int byte = (int)((row[j >> 6] >> (j & 63)) & 0xffu);
+    const __m256i hit = _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(byte), bitsel), bitsel);
+    _mm256_storeu_ps(out + j, _mm256_blendv_ps(mone, one, _mm256_castsi256_ps(hit)));
+  }
+  for (; j < n; ++j) out[j] = bnn__get_bit(row, j) ? 1.0f : -1.0f;
+}
+
+__attribute__((target("avx512f"))) static void unpack_avx512(const uint64_t *row, int64_t n,
+                                                             float *out) {
+  const __m512 one = _mm512_set1_ps(1.0f), mone = _mm512_set1_ps(-1.0f);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __mmask16 k = (__mmask16)((row[j >> 6] >> (j & 63)) & 0xffffu);
+    _mm512_storeu_ps(out + j, _mm512_mask_blend_ps(k, mone, one));
+  }
+  for (; j < n; ++j) out[j] = bnn__get_bit(row, j) ? 1.0f : -1.0f;
+}
+
+void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out) {
+  if (level >= BNN__IMPL_AVX512) {
+    unpack_avx512(row, n, out);
+  } else {
+    unpack_avx2(row, n, out);
+  }
+}
+
+/* ---- L1 batch norm rows (batchnorm.c), AVX-512F ------------------------------------ */
+/* The same float32 operations per element as batchnorm.c, and the per-channel double
+ * sums in the same (row) order, 16 channels at a time: bit-identical. */
+
+#define BN_ATTR __attribute__((target("avx512f")))
+
+static inline BN_ATTR __mmask16 tail16(int64_t left) {
+  return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+}
+
+/* acc[j .. j + 16) += (double)v over the lanes of k. */
+static inline BN_ATTR void acc_pd(double *acc, __m512 v, __mmask16 k) {
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  const __m512d hi = _mm512_cvtps_pd(
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  const __mmask8 klo = (__mmask8)(k & 0xff), khi = (__mmask8)(k >> 8);
+  _mm512_mask_storeu_pd(acc, klo, _mm512_add_pd(_mm512_maskz_loadu_pd(klo, acc), lo));
+  _mm512_mask_storeu_pd(acc + 8, khi, _mm512_add_pd(_mm512_maskz_loadu_pd(khi, acc + 8), hi));
+}
+
+static inline BN_ATTR __m512 abs_ps(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+}
+
+/* v where the bit of k is set, -v where not. */
+static inline BN_ATTR __m512 flip_unless(__m512 v, __mmask16 k) {
+  const __m512i u = _mm512_castps_si512(v);
+  return _mm512_castsi512_ps(
+      _mm512_mask_xor_epi32(u, (__mmask16)~k, u, _mm512_set1_epi32((int)0x80000000u)));
+}
+
+/* acc[j] += x[j] (mean == NULL) or |x[j] - mean[j]|, j < c. */
+BN_ATTR void bnn__x86_bn_sum_row(const float *x, const float *mean, int64_t c, double *acc) {
+  int64_t j;
+  for (j = 0; j < c; j += 16) {
+    const __mmask16 k = tail16(c - j);
+    __m512 v = _mm512_maskz_loadu_ps(k, x + j);
+    if (mean) v = abs_ps(_mm512_sub_ps(v, _mm512_maskz_loadu_ps(k, mean + j)));
+    acc_pd(acc + j, v, k);
+  }
+}
+
+/* x_hat = (x - mean) / scale; its sign bits into bits (whole words written); acc += |x_hat|;
+ * y = x_hat + beta. */
+BN_ATTR void bnn__x86_bn_forward_row(const float *x, const float *mean, const float *scale,
+                                     const float *beta, int64_t c, double *acc, float *y,
+                                     uint64_t *bits) {
+  int64_t j0, j;
+  for (j0 = 0; j0 < c; j0 += 64) {
+    uint64_t word = 0;
+    for (j = j0; j < c && j < j0 + 64; j += 16) {
+      const __mmask16 k = tail16(c - j);
+      const __m512 xh = _mm512_div_ps(
+          _mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), _mm512_maskz_loadu_ps(k, mean + j)),
+          _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), k, scale + j));
+      const __mmask16 ge = _mm512_mask_cmp_ps_mask(k, xh, _mm512_setzero_ps(), _CMP_GE_OQ);
+      word |= (uint64_t)ge << (j - j0);
+      acc_pd(acc + j, abs_ps(xh), k);
+      _mm512_mask_storeu_ps(y + j, k, _mm512_add_ps(xh, _mm512_maskz_loadu_ps(k, beta + j)));
+    }
+    bits[j0 >> 6] = word;
+  }
+}
+
+static inline BN_ATTR __mmask16 bits16(const uint64_t *bits, int64_t j) {
+  return (__mmask16)((bits[j >> 6] >> (j & 63)) & 0xffffu);
+}
+
+/* Backward sums: g = d / scl; acc[j] += g, acc[c + j] += (bit ? g : -g), acc[2c + j] += d. */
+BN_ATTR void bnn__x86_bn_backward_sums(const float *d, const uint64_t *bits, const float *scl,
+                                       int64_t c, double *acc) {
+  int64_t j;
+  for (j = 0; j < c; j += 16) {
+    const __mmask16 k = tail16(c - j);
+    const __m512 dv = _mm512_maskz_loadu_ps(k, d + j);
+    const __m512 g = _mm512_div_ps(dv, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), k, scl + j));
+    acc_pd(acc + j, g, k);
+    acc_pd(acc + c + j, flip_unless(g, bits16(bits, j)), k);
+    acc_pd(acc + 2 * c + j, dv, k);
+  }
+}
+
+/* dx = (d / scl - mg) - (bit ? kk : -kk). */
+BN_ATTR void bnn__x86_bn_backward_dx(const float *d, const uint64_t *bits, const float *scl,
+                                     const float *mg, const float *kk, int64_t c, float *dx) {
+  int64_t j;
+  for (j = 0; j < c; j += 16) {
+    const __mmask16 k = tail16(c - j);
+    const __m512 g = _mm512_div_ps(_mm512_maskz_loadu_ps(k, d + j),
+                                   _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), k, scl + j));
+    const __m512 r = _mm512_sub_ps(_mm512_sub_ps(g, _mm512_maskz_loadu_ps(k, mg + j)),
+                                   flip_unless(_mm512_maskz_loadu_ps(k, kk + j), bits16(bits, j)));
+    _mm512_mask_storeu_ps(dx + j, k, r);
+  }
+}
+
+/* ---- float GEMM register blocks ------------------------------------------------- */
+/* C[0..4, 0..NR) (+)= sum over p of A[i][p] * B[p][j], A[i][p] = A[i * si + p * sp]. */
+
+__attribute__((target("avx2,fma"))) static void block_4x16_avx2(
+    int64_t K, const float *A, int64_t si, int64_t sp, const float *B, int64_t ldb, float *C,
+    int64_t ldc, int accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+         c30 = c00, c31 = c00;
+  const float *a0 = A, *a1 = A + si, *a2 = A + 2 * si, *a3 = A + 3 * si;
+  int64_t p;
+  for (p = 0; p < K; ++p) {
+    const float *b = B + p * ldb;
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 a = _mm256_broadcast_ss(a0 + p * sp);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(a1 + p * sp);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(a2 + p * sp);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(a3 + p * sp);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+  }
+  if (accumulate) {
+    c00 = _mm256_add_ps(c00, _mm256_loadu_ps(C));
+    c01 = _mm256_add_ps(c01, _mm256_loadu_ps(C + 8));
+    c10 = _mm256_add_ps(c10, _mm256_loadu_ps(C + ldc));
+    c11 = _mm256_add_ps(c11, _mm256_loadu_ps(C + ldc + 8));
+    c20 = _mm256_add_ps(c20, _mm256_loadu_ps(C + 2 * ldc));
+    c21 = _mm256_add_ps(c21, _mm256_loadu_ps(C + 2 * ldc + 8));
+    c30 = _mm256_add_ps(c30, _mm256_loadu_ps(C + 3 * ldc));
+    c31 = _mm256_add_ps(c31, _mm256_loadu_ps(C + 3 * ldc + 8));
+  }
+  _mm256_storeu_ps(C, c00);
+  _mm256_storeu_ps(C + 8, c01);
+  _mm256_storeu_ps(C + ldc, c10);
+  _mm256_storeu_ps(C + ldc + 8, c11);
+  _mm256_storeu_ps(C + 2 * ldc, c20);
+  _mm256_storeu_ps(C + 2 * ldc + 8, c21);
+  _mm256_storeu_ps(C + 3 * ldc, c30);
+  _mm256_storeu_ps(C + 3 * ldc + 8, c31);
+}
+
+/* One row, 8 columns. */
+__attribute__((target("avx2,fma"))) static void block_1x8_avx2(
+    int64_t K, const float *a, int64_t sp, const float *B, int64_t ldb, float *c,
+    int accumulate) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t p;
+  for (p = 0; p < K; ++p) {
+    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p * sp), _mm256_loadu_ps(B + p * ldb), acc);
+  }
+  if (accumulate) acc = _mm256_add_ps(acc, _mm256_loadu_ps(c));
+  _mm256_storeu_ps(c, acc);
+}
+
+__attribute__((target("avx512f,fma"))) static void block_4x32_avx512(
+    int64_t K, const float *A, int64_t si, int64_t sp, const float *B, int64_t ldb, float *C,
+    int64_t ldc, int accumulate) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+         c30 = c00, c31 = c00;
+  const float *a0 = A, *a1 = A + si, *a2 = A + 2 * si, *a3 = A + 3 * si;
+  int64_t p;
+  for (p = 0; p < K; ++p) {
+    const float *b = B + p * ldb;
+    const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+    __m512 a = _mm512_set1_ps(a0[p * sp]);
+    c00 = _mm512_fmadd_ps(a, b0, c00);
+    c01 = _mm512_fmadd_ps(a, b1, c01);
+    a = _mm512_set1_ps(a1[p * sp]);
+    c10 = _mm512_fmadd_ps(a, b0, c10);
+    c11 = _mm512_fmadd_ps(a, b1, c11);
+    a = _mm512_set1_ps(a2[p * sp]);
+    c20 = _mm512_fmadd_ps(a, b0, c20);
+    c21 = _mm512_fmadd_ps(a, b1, c21);
+    a = _mm512_set1_ps(a3[p * sp]);
+    c30 = _mm512_fmadd_ps(a, b0, c30);
+    c31 = _mm512_fmadd_ps(a, b1, c31);
+  }
+  if (accumulate) {
+    c00 = _mm512_add_ps(c00, _mm512_loadu_ps(C));
+    c01 = _mm512_add_ps(c01, _mm512_loadu_ps(C + 16));
+    c10 = _mm512_add_ps(c10, _mm512_loadu_ps(C + ldc));
+    c11 = _mm512_add_ps(c11, _mm512_loadu_ps(C + ldc + 16));
+    c20 = _mm512_add_ps(c20, _mm512_loadu_ps(C + 2 * ldc));
+    c21 = _mm512_add_ps(c21, _mm512_loadu_ps(C + 2 * ldc + 16));
+    c30 = _mm512_add_ps(c30, _mm512_loadu_ps(C + 3 * ldc));
+    c31 = _mm512_add_ps(c31, _mm512_loadu_ps(C + 3 * ldc + 16));
+  }
+  _mm512_storeu_ps(C, c00);
+  _mm512_storeu_ps(C + 16, c01);
+  _mm512_storeu_ps(C + ldc, c10);
+  _mm512_storeu_ps(C + ldc + 16, c11);
+  _mm512_storeu_ps(C + 2 * ldc, c20);
+  _mm512_storeu_ps(C + 2 * ldc + 16, c21);
+  _mm512_storeu_ps(C + 3 * ldc, c30);
+  _mm512_storeu_ps(C + 3 * ldc + 16, c31);
+}
+
+/* Columns [0, nv) of every row of C with the vector blocks, nv = what it covered (a
+ * multiple of 8); the caller does columns [nv, N). Each element's sum runs over p in
+ * order from 0, as in sgemm.c. */
+int64_t bnn__x86_sgemm(int level, int64_t M, int64_t N, int64_t K, const float *A, int64_t si,
+                       int64_t sp, const float *B, int64_t ldb, float *C, int64_t ldc,
+                       int accumulate) {
+  int64_t i, j, j16 = N - N % 16, j32 = N - N % 32, nv = N - N % 8;
+  for (i = 0; i + 4 <= M; i += 4) {
+    const float *Ai = A + i * si;
+    float *Ci = C + i * ldc;
+    j = 0;
+    if (level >= BNN__IMPL_AVX512) {
+      for (; j < j32; j += 32) {
+        block_4x32_avx512(K, Ai, si, sp, B + j, ldb, Ci + j, ldc, accumulate);
+      }
+    }
+    for (; j < j16; j += 16) block_4x16_avx2(K, Ai, si, sp, B + j, ldb, Ci + j, ldc, accumulate);
+    for (; j < nv; j += 8) {
+      int ii;
+      for (ii = 0; ii < 4; ++ii) {
+        block_1x8_avx2(K, Ai + ii * si, sp, B + j, ldb, Ci + ii * ldc + j, accumulate);
+      }
+    }
+  }
+  for (; i < M; ++i) {
+    for (j = 0; j < nv; j += 8) {
+      block_1x8_avx2(K, A + i * si, sp, B + j, ldb, C + i * ldc + j, accumulate);
+    }
+  }
+  return nv;
+}
+
+#else
+/* ISO C forbids an empty translation unit. */
+typedef int bnn__float_x86_unused;
+#endif
