@@ -8,6 +8,7 @@ into ceil(n / 8) bytes; the padding bits of the final byte are always 0 and
 """
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
@@ -21,7 +22,14 @@ def pack(x: jnp.ndarray) -> jnp.ndarray:
   if x.ndim == 0:
     raise ValueError("pack() needs at least one axis; got a scalar")
   bits = x if x.dtype == jnp.bool_ else x >= 0
-  return jnp.packbits(bits, axis=-1, bitorder="little")
+  pad = -bits.shape[-1] % 8
+  if pad:
+    bits = jnp.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, pad)])
+  # a bitwise-or reduce in uint8, not jnp.packbits: packbits sums in uint32, and XLA
+  # keeps that uint32 array (4x the bytes) when the bits are saved for the backward
+  groups = bits.reshape(*bits.shape[:-1], -1, 8).astype(jnp.uint8)
+  shifted = groups << jnp.arange(8, dtype=jnp.uint8)
+  return jax.lax.reduce(shifted, jnp.uint8(0), jax.lax.bitwise_or, (shifted.ndim - 1,))
 
 
 def unpack_bits(packed: jnp.ndarray, n: int) -> jnp.ndarray:
