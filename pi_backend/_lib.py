@@ -24,7 +24,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIB_NAME = "libbnnpi.so"
-ABI_VERSION = 3  # must match BNN_ABI_VERSION in csrc/bnnpi.h
+ABI_VERSION = 4  # must match BNN_ABI_VERSION in csrc/bnnpi.h
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -203,6 +203,8 @@ _SIGNATURES = {
     "bnn_matmul_sign_t_packed": (_INT, [_P, _P, _I, _I, _I, _P]),
     "bnn_sign_t_matmul": (_INT, [_P, _P, _I, _I, _I, _P]),
     "bnn_t_matmul": (_INT, [_P, _P, _I, _I, _I, _P]),
+    "bnn_dense_weight_update": (_INT, [_P, _INT, _P, _I, _I, _I, _I, ctypes.c_uint16, _P, _P,
+                                       _P, _I, _F, _F, _F, _F, _P, _P, _P]),
     "bnn_conv_output_size": (_INT, [_I] * 10 + [_P, _P]),
     "bnn_im2col_packed": (_INT, [_P] + [_I] * 12 + [_P, _P]),
     "bnn_binary_conv2d_i32": (_INT, [_P, _P] + _CONV + [_P]),

@@ -48,7 +48,7 @@ def _array(fn: str, name: str, a, dtype, shape=None, *, what: str = "", min_ndim
     names = " or ".join(np.dtype(d).name for d in dtypes)
     raise TypeError(f"{fn}: {name} must be a numpy.ndarray of dtype {names}; got "
                     f"{type(a).__name__}")
-  if not any(a.dtype == d for d in dtypes):
+  if a.dtype not in dtypes:  # dtype equality, native byte order (tuple: `in` uses ==)
     names = " or ".join(np.dtype(d).name for d in dtypes)  # (only for the message: slow)
     raise TypeError(f"{fn}: {name} has dtype {a.dtype}; expected {names} (native byte order), e.g. "
                     f"np.ascontiguousarray({name}, np.{np.dtype(dtypes[0]).name})")
@@ -119,9 +119,19 @@ def _ptr(a: np.ndarray | None):
   return None if a is None else a.ctypes.data
 
 
+_FUNCS: dict = {}  # C name -> the ctypes function of the library loaded (argtypes set)
+_FUNCS_OF = [None]   # ... which is this one
+
+
 def _call(fn: str, cname: str, *args) -> None:
   lib = _lib.loaded()
-  rc = getattr(lib, cname)(*args)
+  if lib is not _FUNCS_OF[0]:
+    _FUNCS.clear()
+    _FUNCS_OF[0] = lib
+  f = _FUNCS.get(cname)
+  if f is None:
+    f = _FUNCS[cname] = getattr(lib, cname)
+  rc = f(*args)
   if rc != 0:
     msg = lib.bnn_error_string(rc).decode()
     if rc == -4:
@@ -705,16 +715,24 @@ def sign_ste(x: np.ndarray, *, clip: float = 1.0):
   return y, mask
 
 
-def sign_ste_backward(dy: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """dx = dy where the STE mask bit is set, else 0."""
+def sign_ste_backward(dy: np.ndarray, mask: np.ndarray, *,
+                      out: np.ndarray | None = None) -> np.ndarray:
+  """dx = dy where the STE mask bit is set, else +0.0. out may be dy itself (in place)."""
   fn = "sign_ste_backward"
   _array(fn, "dy", dy, F32, min_ndim=1, what="(..., n)")
   n = dy.shape[-1]
   _array(fn, "mask", mask, U64, dy.shape[:-1] + (words(n),),
          what="(..., words(n)) for dy's shape, from sign_ste")
-  dx = np.empty(dy.shape, F32)
-  _call(fn, "bnn_sign_ste_backward", _ptr(dy), _ptr(mask), _rows(dy), n, _ptr(dx))
-  return dx
+  if out is None:
+    out = np.empty(dy.shape, F32)
+  else:
+    _array(fn, "out", out, F32, dy.shape, what="(dy's shape)", writable=True)
+    if out is not dy and np.may_share_memory(out, dy):
+      raise ValueError(f"{fn}: out partly overlaps dy; pass out=dy or a separate array")
+    if np.may_share_memory(out, mask):
+      raise ValueError(f"{fn}: out overlaps the input mask; expected a separate array")
+  _call(fn, "bnn_sign_ste_backward", _ptr(dy), _ptr(mask), _rows(dy), n, _ptr(out))
+  return out
 
 
 def _pool_shape(fn, name, shape):
@@ -838,10 +856,84 @@ def sign_scaled_grad(dw: np.ndarray, w: np.ndarray, c: np.float16) -> np.ndarray
   return out
 
 
+def dense_weight_update(x: np.ndarray, dy: np.ndarray, w: np.ndarray, m: np.ndarray,
+                        v: np.ndarray, *, k: int, rows: int, c, step: int, lr: float = 1e-3,
+                        b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                        dw_scratch: np.ndarray | None = None,
+                        g_scratch: np.ndarray | None = None,
+                        x_scratch: np.ndarray | None = None) -> None:
+  """A dense layer's whole weight update in one call, in place on float16 w, m, v (k, n):
+  for each block of ``rows`` kernel rows, dW = X^T . dy for those rows (t_matmul /
+  sign_t_matmul), g = sign_scaled_grad(dW, w rows, c), then adam_f16 on those rows --
+  the same bits as those calls in turn. x: the layer input (batch, k) as float32 (real
+  x), uint8 pixels (x / 127.5 - 1 in float32, a block at a time) or uint64 (batch,
+  words(k)) packed signs (then rows is a multiple of 64). dy float32 (batch, n).
+  Scratch (allocated when not given): dw_scratch float32 (rows, n), g_scratch float16
+  (rows, n), x_scratch float32 (batch, rows) (uint8 x only)."""
+  fn = "dense_weight_update"
+  k = _int(fn, "k", k, 0, 2**31 - 1)
+  _array(fn, "x", x, (F32, U8, U64), (None, None), what="(batch, k) or (batch, words(k))")
+  kind = 2 if x.dtype == U64 else (1 if x.dtype == U8 else 0)
+  if x.shape[1] != (words(k) if kind == 2 else k):
+    raise ValueError(f"{fn}: x has shape {x.shape}; expected (batch, "
+                     f"{'words(k)' if kind == 2 else 'k'}) with k={k}")
+  batch = x.shape[0]
+  _array(fn, "dy", dy, F32, (batch, None), what="(batch, n) with batch = x.shape[0]")
+  n = dy.shape[1]
+  rows = _int(fn, "rows", rows, 1)
+  if kind == 2 and rows % 64:
+    raise ValueError(f"{fn}: rows={rows}; expected a multiple of 64 for packed x")
+  rb = max(1, min(rows, k))
+  _array(fn, "w", w, F16, (k, n), what="(k, n)", writable=True)
+  _array(fn, "m", m, F16, (k, n), what="(k, n), w's shape", writable=True)
+  _array(fn, "v", v, F16, (k, n), what="(k, n), w's shape", writable=True)
+  c16 = int(np.float16(c).view(np.uint16))
+  if c16 & 0x8000:
+    raise ValueError(f"{fn}: c={c!r}; expected a non-negative float16")
+  step = _int(fn, "step", step, 1)
+  lr = _float(fn, "lr", lr)
+  b1 = _float(fn, "b1", b1, lo=0.0, hi=1.0, hi_open=True)
+  b2 = _float(fn, "b2", b2, lo=0.0, hi=1.0, hi_open=True)
+  eps = _float(fn, "eps", eps, lo=0.0)
+  if dw_scratch is None:
+    dw_scratch = np.empty((rb, n), F32)
+  else:
+    _array(fn, "dw_scratch", dw_scratch, F32, (rb, n), writable=True)
+  if g_scratch is None:
+    g_scratch = np.empty((rb, n), F16)
+  else:
+    _array(fn, "g_scratch", g_scratch, F16, (rb, n), writable=True)
+  if kind == 1:
+    if x_scratch is None:
+      x_scratch = np.empty((batch, rb), F32)
+    else:
+      _array(fn, "x_scratch", x_scratch, F32, (batch, rb), writable=True)
+  else:
+    x_scratch = None
+  arrays = {"x": x, "dy": dy, "w": w, "m": m, "v": v, "dw_scratch": dw_scratch,
+            "g_scratch": g_scratch, "x_scratch": x_scratch}
+  written = ("w", "m", "v", "dw_scratch", "g_scratch", "x_scratch")
+  names = [nm for nm in arrays if arrays[nm] is not None]
+  for i, a_name in enumerate(names):
+    for b_name in names[i + 1:]:
+      if (a_name in written or b_name in written) and _overlap(arrays[a_name], arrays[b_name]):
+        raise ValueError(f"{fn}: {a_name} and {b_name} overlap; expected separate arrays")
+  _call(fn, "bnn_dense_weight_update", _ptr(x), kind, _ptr(dy), batch, k, n, rows, c16,
+        _ptr(w), _ptr(m), _ptr(v), step, lr, b1, b2, eps, _ptr(dw_scratch), _ptr(g_scratch),
+        _ptr(x_scratch))
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+  """Whether two C-contiguous arrays' byte ranges overlap (cheap and exact for them)."""
+  a0, b0 = a.ctypes.data, b.ctypes.data
+  return a.nbytes > 0 and b.nbytes > 0 and a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
 __all__ = [
     "BatchNormForward", "adam_f16", "batch_norm_eval", "batch_norm_l1",
     "batch_norm_l1_backward", "binary_conv2d", "conv2d_backward_input",
-    "conv2d_backward_weight", "conv_output_hw", "conv_padding", "f16_to_f32", "f32_to_f16",
+    "conv2d_backward_weight", "conv_output_hw", "conv_padding", "dense_weight_update",
+    "f16_to_f32", "f32_to_f16",
     "from_uint8", "im2col_packed", "matmul_sign_t", "matmul_sign_t_packed", "max_pool2x2",
     "max_pool2x2_backward", "pack", "pack_conv_weights", "pack_f16", "pack_f16_transposed",
     "pack_transposed", "po2",

@@ -224,7 +224,9 @@ class Dense(Binary):
     rows = k
     if quant.elementwise(self.spec.weight_grad_quantizer):
       rows = max(64, GRAD_CHUNK_BYTES // (4 * n) // 64 * 64)
-    for r0 in range(0, k, rows):
+    fused = self._fused_update(xin, dy, rows, opt)  # then no blocks are left below
+    dw_raw = None
+    for r0 in range(0, 0 if fused else k, rows):
       r1 = min(k, r0 + rows)
       if self.spec.first_layer:
         dw_raw = fgemm.xt_dy(xin.cols(r0, r1), dy, self.float_gemm)
@@ -243,6 +245,30 @@ class Dense(Binary):
     # needed once their dx rows exist): one activation-sized buffer instead of two.
     in_place = dy.shape[1] == k and dy.flags.writeable and dy.flags.owndata
     return fgemm.dy_sign_wt(dy, old_bits, self.float_gemm, out=dy if in_place else None)
+
+
+  def _fused_update(self, xin, dy, rows, opt) -> bool:
+    """The whole weight update of the default path (C GEMMs, sign_scaled) by one kernel
+    call, kernels.dense_weight_update (the same bits as the blocks of the loop in
+    backward); False when it does not apply (then backward loops over the blocks)."""
+    if self.float_gemm != "c" or self.spec.weight_grad_quantizer.name != "sign_scaled":
+      return False
+    if self.spec.first_layer:
+      x = xin.raw
+      x = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
+      if x.dtype not in (K.U8, K.F32) or not x.flags.c_contiguous:
+        return False
+    else:
+      x = xin
+    p = self.kernel
+    if p.m is None:
+      raise ValueError(f"{p.name} has no Adam state: this bundle was written for inference "
+                       f"only (trainable=false)")
+    k, n = p.value.shape
+    c = np.float16(np.float32(1.0 / ((k * n) ** 0.5)))
+    K.dense_weight_update(x, dy, p.value, p.m, p.v, k=k, rows=rows, c=c, step=opt.count,
+                          lr=opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
+    return True
 
 
 class Conv(Binary):
@@ -363,11 +389,7 @@ class Sign(Layer):
     if not (isinstance(dy, np.ndarray) and dy.dtype == F32 and dy.flags.c_contiguous
             and dy.flags.writeable and dy.flags.owndata):
       return K.sign_ste_backward(np.ascontiguousarray(dy, F32), mask)
-    n = dy.shape[-1]
-    keep = np.unpackbits(mask.astype("<u8", copy=False).view(np.uint8), axis=-1, count=n,
-                         bitorder="little").view(bool)
-    np.copyto(dy, np.float32(0), where=~keep)
-    return dy
+    return K.sign_ste_backward(dy, mask, out=dy)
 
 
 class MaxPool(Layer):

@@ -51,7 +51,17 @@ int bnn_sign_ste_backward(const float *dy, const uint64_t *mask, int64_t rows, i
     const float *dr = dy + r * n;
     const uint64_t *mr = mask + r * wn;
     float *xr = dx + r * n;
-    for (j = 0; j < n; ++j) xr[j] = bnn__get_bit(mr, j) ? dr[j] : 0.0f;
+    int64_t wi;
+    for (wi = 0; wi < wn; ++wi) {  /* branch-free: the bit pattern of dy, or of +0.0 */
+      const uint64_t bits = mr[wi];
+      const int64_t base = wi * 64, cnt = n - base < 64 ? n - base : 64;
+      for (j = 0; j < cnt; ++j) {
+        uint32_t u;
+        memcpy(&u, dr + base + j, sizeof u);
+        u &= 0u - (uint32_t)((bits >> j) & 1u);
+        memcpy(xr + base + j, &u, sizeof u);
+      }
+    }
   }
   return BNN_OK;
 }

@@ -107,7 +107,11 @@ int bnn_sign_scaled_grad(const float *dw, const uint16_t *w, int64_t n, uint16_t
   if (!bnn__fits(n, sizeof(float))) return BNN_ERR_OVERFLOW;
   if (n == 0) return BNN_OK;
   if (!dw || !w || !out) return BNN_ERR_NULL;
-  for (i = 0; i < n; ++i) {
+  i = 0;
+#if BNN_HAVE_X86_SIMD
+  if (bnn__float_level() >= BNN__IMPL_AVX2) i = bnn__x86_sign_scaled(dw, w, n, c16, out);
+#endif
+  for (; i < n; ++i) {
     const uint32_t neg = (uint32_t)!(dw[i] >= 0.0f);
     const uint32_t keep = (uint32_t)((w[i] & 0x7fffu) <= 0x3c00u);
     out[i] = (uint16_t)(((neg << 15) | c16) & (0u - keep));

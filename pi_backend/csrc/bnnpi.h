@@ -28,7 +28,7 @@
 extern "C" {
 #endif
 
-#define BNN_ABI_VERSION 3
+#define BNN_ABI_VERSION 4
 
 /* Error codes. */
 #define BNN_OK 0
@@ -113,6 +113,21 @@ int bnn_sign_t_matmul(const uint64_t *x_packed, const float *dy, int64_t m, int6
                       int64_t n, float *dw);
 int bnn_t_matmul(const float *x, const float *dy, int64_t m, int64_t k, int64_t n,
                  float *dw);
+/* One dense layer's whole weight update, fused (the training step's default path):
+ * for each block of `rows` input rows [r0, r0 + rb) of the kernel (k, n), in order,
+ *   dw = X[:, r0:r0+rb]^T . dy            (into dw_scratch, rows * n floats)
+ *   g  = sign_scaled(dw, w[r0:r0+rb], c16)  (bnn_sign_scaled_grad, into g_scratch)
+ *   Adam on w, adam_m, adam_v rows [r0, r0 + rb) with g (bnn_adam_f16_g16),
+ * the same bits as those calls one after the other. X by x_kind: 0 = the real x float32
+ * (m, k) (as bnn_t_matmul); 1 = uint8 pixels (m, k), float32(u) * float32(1 / 127.5) - 1
+ * (converted a block at a time into x_scratch, m * rows floats); 2 = sign(x) packed,
+ * uint64 (m, bnn_words(k)) (as bnn_sign_t_matmul; rows a multiple of 64). x_scratch
+ * may be NULL unless x_kind is 1. c16: a non-negative float16 (bit 15 clear). */
+int bnn_dense_weight_update(const void *x, int x_kind, const float *dy, int64_t m,
+                            int64_t k, int64_t n, int64_t rows, uint16_t c16, uint16_t *w,
+                            uint16_t *adam_m, uint16_t *adam_v, int64_t step, float lr,
+                            float b1, float b2, float eps, float *dw_scratch,
+                            uint16_t *g_scratch, float *x_scratch);
 
 /* ---- convolutions (conv.c) ----------------------------------------------------
  * Geometry: x (batch, h, w, c_in) NHWC; kernel kh x kw; strides sh, sw; zero padding
@@ -197,7 +212,7 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
  * pack(|x| <= clip). */
 int bnn_sign_ste_forward(const float *x, int64_t rows, int64_t n, float clip, float *y,
                          uint64_t *mask);
-/* dx = dy where the mask bit is set, else 0. */
+/* dx = dy where the mask bit is set, else +0.0; dx may be dy (in place). */
 int bnn_sign_ste_backward(const float *dy, const uint64_t *mask, int64_t rows, int64_t n,
                           float *dx);
 /* 2x2 max pool, stride 2, VALID: x (b, h, w, c) -> y (b, h/2, w/2, c); an odd last

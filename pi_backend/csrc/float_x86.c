@@ -10,6 +10,9 @@
  *     same order as adam.c (mul, add, div, sqrt are IEEE exact roundings, no FMA), so
  *     the results are bit-identical (a NaN stays a NaN; its payload may differ);
  *   - +-1 floats from sign bits (bnn__unpack_row) with AVX2 compares / AVX-512 masks;
+ *   - float16 sign bits (bnn_pack_f16, bnn_pack_f16_transposed) and the sign_scaled
+ *     gradient (bnn_sign_scaled_grad) by AVX2 integer compares and bit operations only,
+ *     the same bits as the portable loops;
  *   - the L1 batch-norm rows (AVX-512F): the same float32 operations per element and
  *     the same double sums per channel in row order, bit-identical;
  *   - the register blocks of the float GEMM (sgemm.c) with 8-lane (AVX2) or 16-lane
@@ -61,6 +64,53 @@ F16C_ATTR void bnn__x86_f16_to_f32(const uint16_t *x, int64_t n, float *out) {
     _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
   }
   for (; i < n; ++i) out[i] = bnn__f16_to_f32(x[i]);
+}
+
+/* The sign bits of 64 float16 values (bit patterns) as one packed word: bit j set iff
+ * row[j] <= 0x7c00 (+0 ... +inf) or row[j] == 0x8000 (-0.0), as pack.c's f16_word. */
+__attribute__((target("avx2"))) uint64_t bnn__x86_f16_word64(const uint16_t *row) {
+  const __m256i inf = _mm256_set1_epi16(0x7c00), negzero = _mm256_set1_epi16((short)0x8000);
+  const __m256i zero = _mm256_setzero_si256();
+  uint64_t word = 0;
+  int q;
+  for (q = 0; q < 4; ++q) {
+    const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(row + 16 * q));
+    /* as signed 16-bit: 0 <= x <= 0x7c00, or x == 0x8000 */
+    const __m256i out_of_range = _mm256_or_si256(_mm256_cmpgt_epi16(x, inf),
+                                                 _mm256_cmpgt_epi16(zero, x));
+    const __m256i keep = _mm256_or_si256(_mm256_andnot_si256(out_of_range,
+                                                             _mm256_set1_epi16(-1)),
+                                         _mm256_cmpeq_epi16(x, negzero));
+    /* 16-bit lanes -> bytes [k0..7, k0..7 | k8..15, k8..15] -> 16 bits in order */
+    const uint32_t mm = (uint32_t)_mm256_movemask_epi8(_mm256_packs_epi16(keep, keep));
+    word |= (uint64_t)((mm & 0xffu) | ((mm >> 8) & 0xff00u)) << (16 * q);
+  }
+  return word;
+}
+
+/* bnn_sign_scaled_grad, 16 elements at a time, elements [0, n - n % 16); returns how
+ * many it did. Only comparisons and bit operations: the scalar loop's bits
+ * (dw >= 0 ordered, so NaN gives the sign bit; |w| bits > 0x3c00 give 0). */
+F16C_ATTR int64_t bnn__x86_sign_scaled(const float *dw, const uint16_t *w, int64_t n,
+                                       uint16_t c16, uint16_t *out) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i sign = _mm256_set1_epi16((short)0x8000), c = _mm256_set1_epi16((short)c16);
+  const __m256i abs_mask = _mm256_set1_epi16(0x7fff), one = _mm256_set1_epi16(0x3c00);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i ge0 = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(dw + i), zero,
+                                                          _CMP_GE_OQ));
+    const __m256i ge1 = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(dw + i + 8), zero,
+                                                          _CMP_GE_OQ));
+    /* 32-bit all-ones / zeros -> 16-bit, in element order */
+    const __m256i ge = _mm256_permute4x64_epi64(_mm256_packs_epi32(ge0, ge1), 0xd8);
+    const __m256i wa = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(w + i)),
+                                        abs_mask);
+    const __m256i drop = _mm256_cmpgt_epi16(wa, one); /* wa <= 0x7fff: signed is fine */
+    const __m256i val = _mm256_or_si256(_mm256_andnot_si256(ge, sign), c);
+    _mm256_storeu_si256((__m256i *)(void *)(out + i), _mm256_andnot_si256(drop, val));
+  }
+  return i;
 }
 
 static inline F16C_ATTR __m256 load_h8(const uint16_t *p) {

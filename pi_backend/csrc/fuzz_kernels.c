@@ -214,8 +214,29 @@ static void fuzz_pack(input *in, buffers *b) {
 
 static void fuzz_gemm(input *in, buffers *b) {
   const int64_t m = size_arg(in), n = size_arg(in), k = size_arg(in), wk = words(k);
-  const int which = (int)take(in, 1) % 8;
+  const int which = (int)take(in, 1) % 9;
   int rc;
+  if (which == 8) {  /* the fused dense weight update */
+    const int kind = (int)small_arg(in, -1, 3);
+    const int64_t rows = (take(in, 1) % 4 == 0) ? size_arg(in) : small_arg(in, 1, 3) * 64;
+    const int64_t step = small_arg(in, -1, 5);
+    const uint16_t c16 = (uint16_t)take(in, 2);
+    const int64_t re = (k > 0 && rows > k) ? k : rows; /* the rows of one block */
+    const int64_t xcount = kind == 2 ? prod(m, wk) : prod(m, k);
+    void *x = kind == 0 ? (void *)fbuf(b, xcount, 0)
+                        : buf(b, xcount, kind == 1 ? 1 : (kind == 2 ? 8 : 4));
+    float *dy = fbuf(b, prod(m, n), 0), *dws = fbuf(b, prod(re, n), 1);
+    uint16_t *w = (uint16_t *)buf(b, prod(k, n), 2), *am = (uint16_t *)buf(b, prod(k, n), 2);
+    uint16_t *av = (uint16_t *)buf(b, prod(k, n), 2), *gs = (uint16_t *)buf(b, prod(re, n), 2);
+    float *xs = kind == 1 ? fbuf(b, prod(m, re), 1) : NULL;
+    const int args = kind >= 0 && kind <= 2 && rows >= 1 && (kind != 2 || rows % 64 == 0) &&
+                     step >= 1 && !(c16 & 0x8000u);
+    rc = bnn_dense_weight_update(x, kind, dy, m, k, n, rows, c16, w, am, av, step, 1e-3f,
+                                 0.9f, 0.999f, 1e-8f, dws, gs, xs);
+    expect(b, rc, sane3(m, n, k) && sane(re) && args,
+           m < 0 || n < 0 || k < 0 || !args, "bnn_dense_weight_update");
+    return;
+  }
   if (which < 2) {  /* XNOR GEMM, both outputs, every popcount implementation */
     uint64_t *a = (uint64_t *)buf(b, prod(m, wk), 8);
     uint64_t *bb = (uint64_t *)buf(b, prod(n, wk), 8);

@@ -166,6 +166,9 @@ int64_t bnn__x86_adam(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
                       const uint16_t *g16, int64_t n, float lr, float b1, float b2, float eps,
                       float bc1, float bc2);
 void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out);
+uint64_t bnn__x86_f16_word64(const uint16_t *row); /* AVX2 */
+int64_t bnn__x86_sign_scaled(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,
+                             uint16_t *out);
 /* batch-norm rows (AVX-512F only: call at BNN__IMPL_AVX512) */
 void bnn__x86_bn_sum_row(const float *x, const float *mean, int64_t c, double *acc);
 void bnn__x86_bn_forward_row(const float *x, const float *mean, const float *scale,

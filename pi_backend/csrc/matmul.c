@@ -183,3 +183,74 @@ int bnn_t_matmul(const float *x, const float *dy, int64_t m, int64_t k, int64_t 
   if (!x && k > 0 && m > 0 && n > 0) return BNN_ERR_NULL;
   return t_matmul_impl(x, NULL, dy, m, k, n, dw);
 }
+
+/* ---- fused dense weight update (bnn_dense_weight_update) ------------------------- */
+
+/* Rows [r0, r0 + rb) of dw = sign(x)^T . dy from the whole packed x (m, wk words), r0 a
+ * multiple of 64: the panels (and sums) of bnn_sign_t_matmul on that slice of words. */
+static void sign_t_cols(const uint64_t *xp, int64_t wk, int64_t r0, int64_t rb,
+                        const float *dy, int64_t m, int64_t n, float *dw, float *tmp) {
+  int64_t p0, i;
+  for (p0 = 0; p0 < rb; p0 += KC) {
+    int64_t pb = rb - p0 < KC ? rb - p0 : KC;
+    for (i = 0; i < m; ++i) bnn__unpack_row(xp + i * wk + (r0 + p0) / 64, pb, tmp + i * pb);
+    bnn__sgemm_tn(pb, n, m, tmp, pb, dy, n, dw + p0 * n, n, 0);
+  }
+}
+
+int bnn_dense_weight_update(const void *x, int x_kind, const float *dy, int64_t m,
+                            int64_t k, int64_t n, int64_t rows, uint16_t c16, uint16_t *w,
+                            uint16_t *adam_m, uint16_t *adam_v, int64_t step, float lr,
+                            float b1, float b2, float eps, float *dw_scratch,
+                            uint16_t *g_scratch, float *x_scratch) {
+  int64_t r0, t, i, j;
+  float *tmp = NULL;
+  int err = check_mkn(m, k, n);
+  if (err != BNN_OK) return err;
+  if (x_kind < 0 || x_kind > 2) return BNN_ERR_ARG;
+  if (rows < 1 || (x_kind == 2 && rows % 64 != 0)) return BNN_ERR_SIZE;
+  if (rows > k && k > 0) rows = k;
+  if ((err = bnn__count(&t, sizeof(float), rows, n, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(float), rows, m, 1, 1)) != BNN_OK) return err;
+  if ((err = bnn__count(&t, sizeof(float), k, n, 1, 1)) != BNN_OK) return err;
+  if (step < 1 || !(b1 >= 0.0f && b1 < 1.0f) || !(b2 >= 0.0f && b2 < 1.0f) ||
+      !(eps >= 0.0f) || !(lr == lr) || (c16 & 0x8000u)) {
+    return BNN_ERR_ARG;
+  }
+  if (k == 0 || n == 0) return BNN_OK;
+  if (!w || !adam_m || !adam_v || !dw_scratch || !g_scratch) return BNN_ERR_NULL;
+  if (m > 0 && (!x || !dy || (x_kind == 1 && !x_scratch))) return BNN_ERR_NULL;
+  if (m > 0 && x_kind == 2 && !(tmp = scratch(rows < KC ? rows : KC, m))) {
+    return BNN_ERR_NOMEM;
+  }
+  for (r0 = 0; r0 < k; r0 += rows) {
+    const int64_t rb = k - r0 < rows ? k - r0 : rows;
+    uint16_t *wb = w + r0 * n, *mb = adam_m + r0 * n, *vb = adam_v + r0 * n;
+    if (m == 0) {
+      memset(dw_scratch, 0, (size_t)(rb * n) * sizeof(float));
+    } else if (x_kind == 0) {  /* real x float32 (m, k): columns [r0, r0 + rb) in place */
+      bnn__sgemm_tn(rb, n, m, (const float *)x + r0, k, dy, n, dw_scratch, n, 0);
+    } else if (x_kind == 1) {  /* uint8 pixels: float32(u) * float32(1 / 127.5) - 1 */
+      const uint8_t *xu = (const uint8_t *)x;
+      const float scale = (float)(1.0 / 127.5);
+      for (i = 0; i < m; ++i) {
+        const uint8_t *src = xu + i * k + r0;
+        float *dst = x_scratch + i * rb;
+        for (j = 0; j < rb; ++j) {
+          float v = (float)src[j] * scale;
+          dst[j] = v - 1.0f;
+        }
+      }
+      bnn__sgemm_tn(rb, n, m, x_scratch, rb, dy, n, dw_scratch, n, 0);
+    } else {
+      sign_t_cols((const uint64_t *)x, bnn__words(k), r0, rb, dy, m, n, dw_scratch, tmp);
+    }
+    if ((err = bnn_sign_scaled_grad(dw_scratch, wb, rb * n, c16, g_scratch)) != BNN_OK ||
+        (err = bnn_adam_f16_g16(wb, mb, vb, g_scratch, rb * n, step, lr, b1, b2, eps)) !=
+            BNN_OK) {
+      break;
+    }
+  }
+  free(tmp);
+  return err;
+}

@@ -118,26 +118,40 @@ int bnn_pack_transposed(const float *w, int64_t k, int64_t n, uint64_t *out) {
 static inline uint64_t f16_nonneg(uint16_t u) { return (uint64_t)(u <= 0x7c00u || u == 0x8000u); }
 
 /* Word wi of the packed row of n float16 values. */
-static inline uint64_t f16_word(const uint16_t *row, int64_t n, int64_t wi) {
+static inline uint64_t f16_word(const uint16_t *row, int64_t n, int64_t wi, int avx2) {
   const int64_t base = wi * 64;
   const int cnt = (int)(n - base < 64 ? n - base : 64);
   uint64_t word = 0;
   int j;
+#if BNN_HAVE_X86_SIMD
+  if (avx2 && cnt == 64) return bnn__x86_f16_word64(row + base);
+#else
+  (void)avx2;
+#endif
   for (j = 0; j < cnt; ++j) word |= f16_nonneg(row[base + j]) << j;
   return word;
 }
 
+static int f16_avx2(void) {
+#if BNN_HAVE_X86_SIMD
+  return bnn__float_level() >= BNN__IMPL_AVX2;
+#else
+  return 0;
+#endif
+}
+
 int bnn_pack_f16(const uint16_t *x, int64_t rows, int64_t n, uint64_t *out) {
   int64_t total, wn, r, wi;
-  int err;
+  int err, avx2;
   if (rows < 0 || n < 0) return BNN_ERR_SIZE;
   wn = bnn__words(n);
   if ((err = bnn__count(&total, sizeof(uint16_t), rows, n, 1, 1)) != BNN_OK) return err;
   if ((err = bnn__count(&total, sizeof(uint64_t), rows, wn, 1, 1)) != BNN_OK) return err;
   if (total == 0) return BNN_OK;
   if (!x || !out) return BNN_ERR_NULL;
+  avx2 = f16_avx2();
   for (r = 0; r < rows; ++r) {
-    for (wi = 0; wi < wn; ++wi) out[r * wn + wi] = f16_word(x + r * n, n, wi);
+    for (wi = 0; wi < wn; ++wi) out[r * wn + wi] = f16_word(x + r * n, n, wi, avx2);
   }
   return BNN_OK;
 }
@@ -145,7 +159,7 @@ int bnn_pack_f16(const uint16_t *x, int64_t rows, int64_t n, uint64_t *out) {
 int bnn_pack_f16_transposed(const uint16_t *w, int64_t k, int64_t n, uint64_t *out) {
   int64_t total, wk, wn, p0, wj, r, cc;
   uint64_t t[64];
-  int err;
+  int err, avx2;
   if (k < 0 || n < 0) return BNN_ERR_SIZE;
   wk = bnn__words(k);
   wn = bnn__words(n);
@@ -154,11 +168,12 @@ int bnn_pack_f16_transposed(const uint16_t *w, int64_t k, int64_t n, uint64_t *o
   if (total == 0) return BNN_OK;
   if (!w || !out) return BNN_ERR_NULL;
   /* blocks of 64 rows x 64 columns: pack the rows, transpose the 64 x 64 bits */
+  avx2 = f16_avx2();
   for (p0 = 0; p0 < k; p0 += 64) {
     const int64_t rows = k - p0 < 64 ? k - p0 : 64;
     for (wj = 0; wj < wn; ++wj) {
       const int64_t cols = n - wj * 64 < 64 ? n - wj * 64 : 64;
-      for (r = 0; r < 64; ++r) t[r] = r < rows ? f16_word(w + (p0 + r) * n, n, wj) : 0;
+      for (r = 0; r < 64; ++r) t[r] = r < rows ? f16_word(w + (p0 + r) * n, n, wj, avx2) : 0;
       bnn__transpose64(t);
       for (cc = 0; cc < cols; ++cc) out[(wj * 64 + cc) * wk + p0 / 64] = t[cc];
     }

@@ -68,3 +68,29 @@ def test_convs(b, h, c, co, padding):
   big, out = _guarded((b, oh, oh, co), np.float32)
   K.sign_conv2d(x, K.pack(w), co, 1, padding, out=out)
   _intact(big, (b, oh, oh, co))
+
+
+@pytest.mark.parametrize("kind", ["float32", "uint8", "packed"])
+@pytest.mark.parametrize("b,k,n,rows", [(200, 784, 256, 64), (200, 256, 10, 768),
+                                        (7, 130, 3, 64), (5, 70, 33, 128)])
+def test_dense_weight_update(kind, b, k, n, rows):
+  rng = np.random.default_rng(7)
+  x = _rand((b, k), 8)
+  x = K.pack(x) if kind == "packed" else (
+      rng.integers(0, 256, (b, k), dtype=np.uint8) if kind == "uint8" else x)
+  dy = _rand((b, n), 9)
+  rb = min(rows, k)
+  state = [_guarded((k, n), np.float16) for _ in range(3)]
+  for _, a in state:
+    a[...] = (_rand((k, n), 10) * 0.5).astype(np.float16)
+  dws, dw = _guarded((rb, n), np.float32)
+  gs, g = _guarded((rb, n), np.float16)
+  xs, xsc = _guarded((b, rb), np.float32)
+  K.dense_weight_update(x, dy, *(a for _, a in state), k=k, rows=rows,
+                        c=np.float16(0.01), step=3, dw_scratch=dw, g_scratch=g,
+                        x_scratch=xsc if kind == "uint8" else None)
+  for big, _ in state:
+    _intact(big, (k, n))
+  _intact(dws, (rb, n))
+  _intact(gs, (rb, n))
+  _intact(xs, (b, rb))
