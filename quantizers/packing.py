@@ -25,11 +25,13 @@ def pack(x: jnp.ndarray) -> jnp.ndarray:
   pad = -bits.shape[-1] % 8
   if pad:
     bits = jnp.pad(bits, [(0, 0)] * (bits.ndim - 1) + [(0, pad)])
-  # a bitwise-or reduce in uint8, not jnp.packbits: packbits sums in uint32, and XLA
-  # keeps that uint32 array (4x the bytes) when the bits are saved for the backward
+  # a uint8 sum of the shifted bits (disjoint, so the sum is their OR), not
+  # jnp.packbits: packbits sums in uint32, and XLA keeps that uint32 array (4x the
+  # bytes) when the bits are saved for the backward pass. An add, not an or: a
+  # reduce split over devices becomes an all-reduce, which the CPU has for add only.
   groups = bits.reshape(*bits.shape[:-1], -1, 8).astype(jnp.uint8)
   shifted = groups << jnp.arange(8, dtype=jnp.uint8)
-  return jax.lax.reduce(shifted, jnp.uint8(0), jax.lax.bitwise_or, (shifted.ndim - 1,))
+  return jax.lax.reduce(shifted, jnp.uint8(0), jax.lax.add, (shifted.ndim - 1,))
 
 
 def unpack_bits(packed: jnp.ndarray, n: int) -> jnp.ndarray:
