@@ -350,8 +350,11 @@ def _table(rows, jax_rows, mem, np_peak, t_pi) -> list[str]:
       "per-call overhead and NumPy glue; the XNOR forward is a small part. `float_gemm='numpy'` hands the dense float x sign "
       "products to NumPy's BLAS. CNV inference folds each batch norm + sign after an "
       "XNOR layer into one integer threshold per channel (exact) and keeps +-1 "
-      "activations packed; at batch 1 the per-call overhead of about 30 kernel calls "
-      "weighs. The peak training buffers are 0.5 MiB of transients over 2.4 MiB of "
+      "activations packed; each binary conv with its max pool, batch norm and sign is "
+      "one C call (`kernels.binary_conv2d_sign`), 14 kernel calls an inference. At batch "
+      "1 the first layer's float conv (about 0.45 ms) and the small binary convs weigh. "
+      "The binary GEMM rows time `kernels.xnor_gemm` with its argument checks (about "
+      "5-20 us a call on this machine). The peak training buffers are 0.5 MiB of transients over 2.4 MiB of "
       "float16 weights and Adam moments."]
   return lines
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIB_NAME = "libbnnpi.so"
-ABI_VERSION = 4  # must match BNN_ABI_VERSION in csrc/bnnpi.h
+ABI_VERSION = 5  # must match BNN_ABI_VERSION in csrc/bnnpi.h
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -209,6 +209,7 @@ _SIGNATURES = {
     "bnn_im2col_packed": (_INT, [_P] + [_I] * 12 + [_P, _P]),
     "bnn_binary_conv2d_i32": (_INT, [_P, _P] + _CONV + [_P]),
     "bnn_binary_conv2d_f32": (_INT, [_P, _P] + _CONV + [_P]),
+    "bnn_binary_conv2d_sign": (_INT, [_P, _P, _P] + _CONV + [_INT, _P]),
     "bnn_sign_conv2d": (_INT, [_P, _P] + _CONV + [_P]),
     "bnn_conv2d_backward_input": (_INT, [_P, _P] + _CONV + [_P]),
     "bnn_conv2d_backward_weight_packed": (_INT, [_P, _P] + _CONV + [_P]),

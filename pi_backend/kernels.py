@@ -84,6 +84,9 @@ def _out(fn: str, out, shape, dtype, inputs, name: str = "out") -> np.ndarray:
 
 
 def _int(fn: str, name: str, v, minimum: int | None = None, maximum: int | None = None) -> int:
+  if type(v) is int and (minimum is None or v >= minimum) and (  # the common case, cheaply
+      maximum is None or v <= maximum):
+    return v
   if isinstance(v, (bool, np.bool_)):
     raise TypeError(f"{fn}: {name}={v!r} must be an int, not a bool")
   try:
@@ -141,6 +144,9 @@ def _call(fn: str, cname: str, *args) -> None:
 
 def _pair(fn: str, name: str, v) -> tuple[int, int]:
   """An int or a pair of ints, each >= 1."""
+  if type(v) is tuple and len(v) == 2 and type(v[0]) is int and type(v[1]) is int and (
+      v[0] >= 1 and v[1] >= 1):  # the common case, cheaply
+    return v
   if isinstance(v, (tuple, list)):
     if len(v) != 2:
       raise ValueError(f"{fn}: {name}={v!r}; expected an int or a pair of ints")
@@ -153,7 +159,8 @@ def _pair(fn: str, name: str, v) -> tuple[int, int]:
 
 def words(n: int) -> int:
   """uint64 words that a last axis of n elements packs into: ceil(n / 64)."""
-  n = _int("words", "n", n, 0)
+  if type(n) is not int or n < 0:
+    n = _int("words", "n", n, 0)
   return -(-n // 64)
 
 
@@ -331,12 +338,17 @@ def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, *, dtype=np.int32,
   b = pack_transposed(W)."""
   fn = "xnor_gemm"
   k = _int(fn, "k", k, 0, 2**31 - 1)
-  dtype = np.dtype(dtype)
+  dtype = dtype if type(dtype) is np.dtype else np.dtype(dtype)
   if dtype not in (I32, F32):
     raise TypeError(f"{fn}: dtype={dtype}; expected int32 or float32")
-  wk = words(k)
-  _array(fn, "a", a, U64, (None, wk), what=f"(m, words(k)) with k={k}")
-  _array(fn, "b", b, U64, (None, wk), what=f"(n, words(k)) with k={k}")
+  wk = -(-k // 64)
+  # the same checks as _array / _out, inline for arrays that pass them (per-call cost)
+  if not (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == U64
+          and b.dtype == U64 and a.ndim == 2 and b.ndim == 2 and a.shape[1] == wk
+          and b.shape[1] == wk and a.flags.c_contiguous and b.flags.c_contiguous
+          and a.flags.aligned and b.flags.aligned):
+    _array(fn, "a", a, U64, (None, wk), what=f"(m, words(k)) with k={k}")
+    _array(fn, "b", b, U64, (None, wk), what=f"(n, words(k)) with k={k}")
   out = _out(fn, out, (a.shape[0], b.shape[0]), dtype, {"a": a, "b": b})
   cname = "bnn_xnor_gemm_i32" if dtype == I32 else "bnn_xnor_gemm_f32"
   _call(fn, cname, _ptr(a), _ptr(b), a.shape[0], b.shape[0], k, _ptr(out))
@@ -470,7 +482,37 @@ def conv_output_hw(in_hw, kernel_hw, strides=1, padding="SAME") -> tuple[int, in
 
 
 def _geometry(fn, batch, in_hw, c_in, c_out, kernel_hw, strides, padding):
-  """The 13 size arguments of the C conv kernels and the output (oh, ow)."""
+  """The 13 size arguments of the C conv kernels and the output (oh, ow). A pure
+  function of its arguments: remembered for hashable ones of plain ints / strings (the
+  per-call cost at batch 1), computed (and checked) afresh otherwise."""
+  key = (fn, batch, in_hw, c_in, c_out, kernel_hw, strides, padding)
+  if _plain(key):
+    got = _GEOMETRY.get(key)
+    if got is None:
+      got = _geometry_checked(fn, batch, in_hw, c_in, c_out, kernel_hw, strides, padding)
+      if len(_GEOMETRY) >= 1024:
+        _GEOMETRY.clear()
+      _GEOMETRY[key] = got
+    return got
+  return _geometry_checked(fn, batch, in_hw, c_in, c_out, kernel_hw, strides, padding)
+
+
+_GEOMETRY: dict = {}
+
+
+def _plain(v) -> bool:
+  """v is made only of tuples, ints (not bools) and strings: hashable, compares by value."""
+  t = type(v)
+  if t is tuple:
+    for e in v:
+      te = type(e)
+      if te is not int and te is not str and (te is not tuple or not _plain(e)):
+        return False
+    return True
+  return t is int or t is str
+
+
+def _geometry_checked(fn, batch, in_hw, c_in, c_out, kernel_hw, strides, padding):
   (kh, kw), (sh, sw) = _pair(fn, "kernel_hw", kernel_hw), _pair(fn, "strides", strides)
   if min(in_hw) < 1:
     raise ValueError(f"{fn}: the input has height {in_hw[0]} and width {in_hw[1]}; "
@@ -531,6 +573,39 @@ def binary_conv2d(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray, kernel_
   out = _out(fn, out, (b, oh, ow, c_out), dtype, {"x_packed": x_packed, "w_packed": w_packed})
   cname = "bnn_binary_conv2d_i32" if dtype == I32 else "bnn_binary_conv2d_f32"
   _call(fn, cname, _ptr(x_packed), _ptr(w_packed), *args, _ptr(out))
+  return out
+
+
+def binary_conv2d_sign(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray,
+                       threshold: np.ndarray, kernel_hw, strides=1, padding="SAME", *,
+                       pool: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+  """Inference after a binary conv in one call: pack(y - threshold) with y =
+  binary_conv2d(x_packed, c_in, w_packed, ...) (int32 values) and threshold int32
+  (c_out,), i.e. bits y >= threshold per output channel (a folded batch norm + sign);
+  pool=True max-pools y 2x2 (stride 2, floor) first. -> uint64 (batch, oh, ow,
+  words(c_out)), (oh, ow) halved (floor) when pooled."""
+  fn = "binary_conv2d_sign"
+  c_in = _int(fn, "c_in", c_in, 1)
+  if type(pool) is not bool:
+    raise TypeError(f"{fn}: pool={pool!r} must be a bool")
+  kh, kw = _pair(fn, "kernel_hw", kernel_hw)
+  _array(fn, "x_packed", x_packed, U64, (None, None, None, words(c_in)),
+         what=f"(batch, h, w, words(c_in)) with c_in={c_in}")
+  _array(fn, "w_packed", w_packed, U64, (None, kh * kw * words(c_in)),
+         what=f"(c_out, kh * kw * words(c_in)) with kernel {kh}x{kw}, c_in={c_in} "
+              f"(from pack_conv_weights)")
+  b, h, w, _ = x_packed.shape
+  c_out = w_packed.shape[0]
+  if c_out < 1:
+    raise ValueError(f"{fn}: w_packed has shape {w_packed.shape}; expected c_out >= 1 rows")
+  _array(fn, "threshold", threshold, I32, (c_out,), what="(c_out,)")
+  args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
+  if pool:
+    oh, ow = oh // 2, ow // 2
+  out = _out(fn, out, (b, oh, ow, words(c_out)), U64,
+             {"x_packed": x_packed, "w_packed": w_packed, "threshold": threshold})
+  _call(fn, "bnn_binary_conv2d_sign", _ptr(x_packed), _ptr(w_packed), _ptr(threshold), *args,
+        int(pool), _ptr(out))
   return out
 
 

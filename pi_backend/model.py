@@ -99,6 +99,10 @@ class Model:
     while i < len(layers):
       layer = layers[i]
       nxt = layers[i + 1] if i + 1 < len(layers) else None
+      fused = self._fused_conv(layers, i, x)
+      if fused is not None:  # binary conv [+ max pool] + batch norm + sign: one C call
+        x, i = fused
+        continue
       if integer and isinstance(layer, L.BatchNorm) and isinstance(nxt, L.Sign):
         x = np.ascontiguousarray(x, np.float32)
         x -= self._thresholds(layer)  # exact: integers below 2**24
@@ -112,6 +116,28 @@ class Model:
         integer = False
       i += 1
     return x.floats() if isinstance(x, L.Packed) else x
+
+  def _fused_conv(self, layers, i, x):
+    """(Packed output, next index) when layers[i:] starts with a binary (not first) conv
+    on packed input, maybe a max pool, then batch norm and sign: K.binary_conv2d_sign,
+    the same bits as those layers in turn (integer conv outputs, monotone threshold)."""
+    conv = layers[i]
+    if not (isinstance(conv, L.Conv) and not conv.spec.first_layer and isinstance(x, L.Packed)):
+      return None
+    j = i + 1
+    pool = j < len(layers) and isinstance(layers[j], L.MaxPool)
+    j += pool
+    if not (j + 1 < len(layers) and isinstance(layers[j], L.BatchNorm)
+            and isinstance(layers[j + 1], L.Sign)):
+      return None
+    key = ("int32", id(layers[j]))
+    t = self._threshold_cache.get(key)
+    if t is None:
+      t = self._threshold_cache[key] = self._thresholds(layers[j]).astype(np.int32)
+    s = conv.spec
+    bits = K.binary_conv2d_sign(x.bits, s.in_shape[2], conv.bits_b, t, s.kernel, s.strides,
+                                s.padding, pool=bool(pool))
+    return L.Packed(bits, s.out_shape[-1]), j + 2
 
   def _thresholds(self, layer) -> np.ndarray:
     key = id(layer)

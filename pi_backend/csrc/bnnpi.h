@@ -28,7 +28,7 @@
 extern "C" {
 #endif
 
-#define BNN_ABI_VERSION 4
+#define BNN_ABI_VERSION 5
 
 /* Error codes. */
 #define BNN_OK 0
@@ -159,6 +159,16 @@ int bnn_binary_conv2d_f32(const uint64_t *x_packed, const uint64_t *w_packed,
                           int64_t batch, int64_t h, int64_t w, int64_t c_in,
                           int64_t c_out, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
                           int64_t pt, int64_t pb, int64_t pl, int64_t pr, float *y);
+/* Inference after a binary conv, in one call: bits of y >= threshold[c_out] (int32 per
+ * output channel; a folded batch norm + sign) packed along c_out, y the binary conv
+ * above, -> (batch, oh, ow, words(c_out)) uint64, padding bits 0. pool = 1: first the 2x2
+ * max pool (stride 2, floor) of y -> (batch, oh / 2, ow / 2, words(c_out)); pool = 0:
+ * none. BNN_ERR_ARG for another pool. */
+int bnn_binary_conv2d_sign(const uint64_t *x_packed, const uint64_t *w_packed,
+                           const int32_t *threshold, int64_t batch, int64_t h, int64_t w,
+                           int64_t c_in, int64_t c_out, int64_t kh, int64_t kw, int64_t sh,
+                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                           int pool, uint64_t *y);
 /* First-layer conv with real x: y = conv(x, sign(W)), x float32 (batch, h, w, c_in),
  * w_sign (kh, kw, c_in, bnn_words(c_out)) = pack(W) of the HWIO weights. */
 int bnn_sign_conv2d(const float *x, const uint64_t *w_sign, int64_t batch, int64_t h,

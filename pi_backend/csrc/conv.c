@@ -430,3 +430,61 @@ int bnn_conv2d_backward_weight_f32(const float *x, const float *dy, int64_t batc
   if (batch > 0 && !x) return BNN_ERR_NULL;
   return backward_weight_impl(x, NULL, dy, &g, dw);
 }
+
+/* ---- inference: binary conv, per-channel integer threshold, packing, 2x2 pool ------- */
+
+int bnn_binary_conv2d_sign(const uint64_t *x_packed, const uint64_t *w_packed,
+                           const int32_t *threshold, int64_t batch, int64_t h, int64_t w,
+                           int64_t c_in, int64_t c_out, int64_t kh, int64_t kw, int64_t sh,
+                           int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                           int pool, uint64_t *y) {
+  geom g;
+  int32_t *acc = NULL;
+  int64_t n, oy, ox, co, wco, oh, ow, q_total, i;
+  int err = geom_init(&g, batch, h, w, c_in, c_out, kh, kw, sh, sw, pt, pb, pl, pr);
+  if (err != BNN_OK) return err;
+  if (pool != 0 && pool != 1) return BNN_ERR_ARG;
+  wco = bnn__words(g.co);
+  oh = pool ? g.oh / 2 : g.oh;
+  ow = pool ? g.ow / 2 : g.ow;
+  q_total = g.batch * g.oh * g.ow;
+  if (q_total > 0 && !threshold) return BNN_ERR_NULL;
+  if (g.batch * oh * ow > 0 && !y) return BNN_ERR_NULL;
+  if (q_total == 0) return binary_conv_impl(x_packed, w_packed, &g, NULL, NULL);
+  if (q_total > INT64_MAX / 4 / g.co) return BNN_ERR_OVERFLOW;
+  acc = (int32_t *)malloc((size_t)(q_total * g.co) * sizeof(int32_t));
+  if (!acc) return BNN_ERR_NOMEM;
+  err = binary_conv_impl(x_packed, w_packed, &g, acc, NULL);
+  if (err != BNN_OK) {
+    free(acc);
+    return err;
+  }
+  /* bit = y >= threshold; pooled: the OR over the 2x2 window (max of the y, then the
+     threshold: the same bits, the test being monotone) */
+  for (n = 0; n < g.batch; ++n) {
+    for (oy = 0; oy < oh; ++oy) {
+      for (ox = 0; ox < ow; ++ox) {
+        uint64_t *dst = y + ((n * oh + oy) * ow + ox) * wco;
+        for (i = 0; i < wco; ++i) dst[i] = 0;
+        if (!pool) {
+          const int32_t *src = acc + ((n * g.oh + oy) * g.ow + ox) * g.co;
+          for (co = 0; co < g.co; ++co) {
+            dst[co >> 6] |= (uint64_t)(src[co] >= threshold[co]) << (co & 63);
+          }
+        } else {
+          const int32_t *s0 = acc + ((n * g.oh + 2 * oy) * g.ow + 2 * ox) * g.co;
+          const int32_t *s1 = s0 + g.ow * g.co;
+          for (co = 0; co < g.co; ++co) {
+            int32_t m = s0[co];
+            if (s0[g.co + co] > m) m = s0[g.co + co];
+            if (s1[co] > m) m = s1[co];
+            if (s1[g.co + co] > m) m = s1[g.co + co];
+            dst[co >> 6] |= (uint64_t)(m >= threshold[co]) << (co & 63);
+          }
+        }
+      }
+    }
+  }
+  free(acc);
+  return BNN_OK;
+}

@@ -286,7 +286,8 @@ static void fuzz_conv(input *in, buffers *b) {
   const int64_t sh = small_arg(in, 0, 3), sw = small_arg(in, 0, 3);
   const int64_t pt = small_arg(in, -1, 3), pb = small_arg(in, 0, 3);
   const int64_t pl = small_arg(in, 0, 3), pr = small_arg(in, -1, 3);
-  const int which = (int)take(in, 1) % 6;
+  const int which = (int)take(in, 1) % 7;
+  const int pool = (int)(take(in, 1) % 3);  /* 2: invalid */
   int64_t oh = -1, ow = -1;
   int rc, geometry;
   rc = bnn_conv_output_size(h, w, kh, kw, sh, sw, pt, pb, pl, pr, &oh, &ow);
@@ -340,6 +341,29 @@ static void fuzz_conv(input *in, buffers *b) {
         expect(b, bnn_conv2d_backward_input(dy, wsg, batch, h, w, c, co, kh, kw, sh, sw, pt, pb,
                                             pl, pr, dx), good, bad, "bnn_conv2d_backward_input");
         break;
+      case 6: {
+        const int64_t ph = pool == 1 ? oh / 2 : oh, pw2 = pool == 1 ? ow / 2 : ow;
+        int32_t *thr = (int32_t *)buf(b, co, 4);
+        uint64_t *ys = (uint64_t *)buf(b, prod(prod3(batch, ph, pw2), words(co)), 8);
+        const size_t ysbytes = ys ? (size_t)prod(prod3(batch, ph, pw2), words(co)) * 8 : 0;
+        if (wpk && c % 64) {  /* clear the padding bits: then it must succeed */
+          int64_t r;
+          const uint64_t tail = (UINT64_C(1) << (c % 64)) - 1;
+          for (r = 0; r < prod(co, taps); ++r) wpk[r * wc + wc - 1] &= tail;
+        }
+        ALL_IMPLS(ys, ysbytes, bnn_binary_conv2d_sign(xp, wpk, thr, batch, h, w, c, co, kh, kw,
+                                                      sh, sw, pt, pb, pl, pr, pool, ys),
+                  "bnn_binary_conv2d_sign");
+        expect(b, rc, good && pool != 2, bad, "bnn_binary_conv2d_sign");
+        if (!b->missing && good && pool == 2 && rc != BNN_ERR_ARG) abort();
+        if (rc == BNN_OK && ys && co % 64) {  /* padding bits written as 0 */
+          int64_t r;
+          for (r = 0; r < prod3(batch, ph, pw2); ++r) {
+            if (ys[r * words(co) + words(co) - 1] >> (co % 64)) abort();
+          }
+        }
+        break;
+      }
       default:
         expect(b, bnn_conv2d_backward_weight_packed(xp, dy, batch, h, w, c, co, kh, kw, sh, sw,
                                                     pt, pb, pl, pr, dw), good, bad,

@@ -94,3 +94,41 @@ def test_dense_weight_update(kind, b, k, n, rows):
   _intact(dws, (rb, n))
   _intact(gs, (rb, n))
   _intact(xs, (b, rb))
+
+
+@pytest.mark.parametrize("b,h,w,c,co,padding", [(1, 30, 30, 64, 64, "VALID"), (2, 7, 9, 3, 70, "SAME"),
+                                                (3, 5, 4, 65, 1, ((1, 0), (2, 1))),
+                                                (1, 3, 3, 256, 256, "VALID")])
+@pytest.mark.parametrize("pool", [False, True])
+def test_binary_conv2d_sign(b, h, w, c, co, padding, pool):
+  """The fused inference call equals binary_conv2d, [max pool], y >= threshold, pack, and
+  writes nothing past its output."""
+  rng = np.random.default_rng(11)
+  x, wt = _rand((b, h, w, c), 9), _rand((3, 3, c, co), 10)
+  xp, wp = K.pack(x), K.pack_conv_weights(wt)
+  y = K.binary_conv2d(xp, c, wp, (3, 3), 1, padding, dtype=np.int32)
+  t = rng.integers(-12, 13, co).astype(np.int32) * 2 + rng.integers(0, 2, co).astype(np.int32)
+  if pool:
+    oh, ow = y.shape[1] // 2, y.shape[2] // 2
+    y = y[:, :oh * 2, :ow * 2].reshape(b, oh, 2, ow, 2, co).max(axis=(2, 4))
+  want = K.pack(np.ascontiguousarray(y - t, np.float32))
+  big, out = _guarded(want.shape, np.uint64)
+  got = K.binary_conv2d_sign(xp, c, wp, t, (3, 3), 1, padding, pool=pool, out=out)
+  _intact(big, want.shape)
+  assert got is out
+  np.testing.assert_array_equal(out, want)
+  np.testing.assert_array_equal(K.binary_conv2d_sign(xp, c, wp, t, (3, 3), 1, padding, pool=pool),
+                                want)
+
+
+def test_binary_conv2d_sign_checks():
+  xp, wp = K.pack(_rand((1, 4, 4, 8), 1)), K.pack_conv_weights(_rand((3, 3, 8, 5), 2))
+  t = np.zeros(5, np.int32)
+  with pytest.raises(TypeError):
+    K.binary_conv2d_sign(xp, 8, wp, t.astype(np.float32), (3, 3))
+  with pytest.raises(ValueError):
+    K.binary_conv2d_sign(xp, 8, wp, np.zeros(4, np.int32), (3, 3))
+  with pytest.raises(TypeError):
+    K.binary_conv2d_sign(xp, 8, wp, t, (3, 3), pool=1)
+  with pytest.raises(ValueError):
+    K.binary_conv2d_sign(xp, 8, wp, t, (3, 3), out=np.zeros((1, 4, 4, 2), np.uint64))
