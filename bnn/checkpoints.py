@@ -14,6 +14,8 @@ What is guaranteed (docs/RELIABILITY.md lists the test behind each):
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 from pathlib import Path
 
@@ -71,12 +73,25 @@ def wait(mngr: ocp.CheckpointManager) -> None:
     raise _write_error(mngr, e) from e
 
 
-def _write_error(mngr: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+@contextlib.contextmanager
+def disk_full_guard(mngr: ocp.CheckpointManager):
+  """A full disk met while writing anything else (metrics, TensorBoard) is reported
+  like a failed checkpoint write: with the last good checkpoint."""
+  try:
+    yield
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+    raise _write_error(mngr, e, "writing the run's files") from e
+
+
+def _write_error(mngr: ocp.CheckpointManager, error: Exception,
+                 what: str = "writing a checkpoint") -> CheckpointWriteError:
   mngr.reload()  # forget the step whose write failed
   last = mngr.latest_step()
   kept = (f"the last good checkpoint is step {last}, still in {mngr.directory}"
           if last is not None else "there is no earlier checkpoint")
-  return CheckpointWriteError(f"writing a checkpoint to {mngr.directory} failed: "
+  return CheckpointWriteError(f"{what} to {Path(mngr.directory).parent} failed: "
                               f"{_first_line(error)}; {kept}. Free space (or fix the "
                               f"cause) and rerun the same command to resume.")
 

@@ -145,7 +145,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
   batches = exp.train_data.dataset[start:exp.num_train_steps]
   with tqdm(total=exp.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
-            desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar:
+            desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar, \
+       ckpt.disk_full_guard(latest):
     for step, batch in enumerate(batches.to_iter_dataset(), start=start + 1):
       batch = exp.global_batch(batch, config.batch_size)
       state, metrics = step_fn(state, batch["image"], batch["label"])

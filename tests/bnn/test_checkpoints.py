@@ -2,6 +2,7 @@
 is refused with a message saying what differs, a non-finite loss stops training
 before it is saved, a full disk keeps the last good checkpoint. (SIGKILL during a
 checkpoint write: tests/bnn/test_experiment.py.)"""
+import errno
 import json
 import os
 import shutil
@@ -172,10 +173,18 @@ def _mount_tmpfs(path: Path, size: str) -> None:
 
 
 def _fill(path: Path, leave_bytes: int) -> Path:
+  """Fills the disk (the run writes to it meanwhile), then frees leave_bytes."""
   filler = path / "filler"
-  st = os.statvfs(path)
-  with open(filler, "wb") as f:
-    f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_bytes))
+  fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+  try:
+    while True:
+      os.write(fd, b"\0" * (1 << 20))
+  except OSError as e:
+    if e.errno != errno.ENOSPC:
+      raise
+  finally:
+    os.close(fd)
+  os.truncate(filler, max(0, filler.stat().st_size - leave_bytes))
   return filler
 
 
@@ -199,7 +208,7 @@ def test_full_disk_gives_clear_error_and_keeps_last_good_checkpoint(tmp_path):
     while not (workdir / "checkpoints" / "20").exists() and time.time() < deadline:
       time.sleep(0.01)
     assert (workdir / "checkpoints" / "20").exists(), "no checkpoint 20 before the deadline"
-    filler = _fill(disk, leave_bytes=256 * 1024)  # room for metrics, not for a checkpoint
+    filler = _fill(disk, leave_bytes=1 << 20)  # room for metrics, not for a checkpoint
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out
     assert "CheckpointWriteError" in out and "No space left on device" in out, out
@@ -208,11 +217,11 @@ def test_full_disk_gives_clear_error_and_keeps_last_good_checkpoint(tmp_path):
 
     filler.unlink()
     kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept[-1] == last, kept
-    resumed = subprocess.run([*args, f"--config.num_train_steps={last + 20}"], cwd=ROOT,
+    assert last in kept, kept  # (a write still in flight at the error may have finished)
+    resumed = subprocess.run([*args, f"--config.num_train_steps={kept[-1] + 20}"], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert f"resuming from step {last}" in resumed.stdout
-    assert json.loads((workdir / "results.json").read_text())["step"] == last + 20
+    assert f"resuming from step {kept[-1]}" in resumed.stdout
+    assert json.loads((workdir / "results.json").read_text())["step"] == kept[-1] + 20
   finally:
     subprocess.run(["umount", "-l", str(disk)], check=False)
