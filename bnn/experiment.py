@@ -154,9 +154,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       end_of_epoch = step % steps_per_epoch == 0 or step == exp.num_train_steps
       log_now = step % config.log_every_steps == 0 or step == exp.num_train_steps
       if log_now or end_of_epoch or latest.should_save(step):  # never save a NaN state
-        first = step - len(window) + 1
-        bad = [(s, float(m["loss"])) for s, m in enumerate(jax.device_get(window), first)
-               if not math.isfinite(float(m["loss"]))]
+        window = jax.device_get(window)  # fetched once, for this check and the log
+        losses = [(s, float(m["loss"])) for s, m in enumerate(window, step - len(window) + 1)]
+        bad = [(s, loss) for s, loss in losses if not math.isfinite(loss)]
         if bad:
           ckpt.wait(latest)
           raise FloatingPointError(
@@ -164,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
               f"saving it. The last good checkpoint is step {latest.latest_step()} in "
               f"{latest.directory} (lower optimizer.lr, or check the data)")
       if log_now:
-        mean = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+        mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
         window = []
         log.write(step, "train", {**mean, "learning_rate": learning_rate(config, state)})
         bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")

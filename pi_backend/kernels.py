@@ -548,6 +548,21 @@ def im2col_packed(x_packed: np.ndarray, c_in: int, kernel_hw, strides=1, padding
   return patches, valid
 
 
+def _packed_conv_operands(fn, x_packed, c_in, w_packed, kernel_hw):
+  """Checks the packed input and weights of a binary conv -> (kh, kw, b, h, w, c_out)."""
+  kh, kw = _pair(fn, "kernel_hw", kernel_hw)
+  _array(fn, "x_packed", x_packed, U64, (None, None, None, words(c_in)),
+         what=f"(batch, h, w, words(c_in)) with c_in={c_in}")
+  _array(fn, "w_packed", w_packed, U64, (None, kh * kw * words(c_in)),
+         what=f"(c_out, kh * kw * words(c_in)) with kernel {kh}x{kw}, c_in={c_in} "
+              f"(from pack_conv_weights)")
+  b, h, w, _ = x_packed.shape
+  c_out = w_packed.shape[0]
+  if c_out < 1:
+    raise ValueError(f"{fn}: w_packed has shape {w_packed.shape}; expected c_out >= 1 rows")
+  return kh, kw, b, h, w, c_out
+
+
 def binary_conv2d(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray, kernel_hw,
                   strides=1, padding="SAME", *, dtype=np.float32,
                   out: np.ndarray | None = None) -> np.ndarray:
@@ -559,16 +574,7 @@ def binary_conv2d(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray, kernel_
   dtype = np.dtype(dtype)
   if dtype not in (I32, F32):
     raise TypeError(f"{fn}: dtype={dtype}; expected int32 or float32")
-  kh, kw = _pair(fn, "kernel_hw", kernel_hw)
-  _array(fn, "x_packed", x_packed, U64, (None, None, None, words(c_in)),
-         what=f"(batch, h, w, words(c_in)) with c_in={c_in}")
-  _array(fn, "w_packed", w_packed, U64, (None, kh * kw * words(c_in)),
-         what=f"(c_out, kh * kw * words(c_in)) with kernel {kh}x{kw}, c_in={c_in} "
-              f"(from pack_conv_weights)")
-  b, h, w, _ = x_packed.shape
-  c_out = w_packed.shape[0]
-  if c_out < 1:
-    raise ValueError(f"{fn}: w_packed has shape {w_packed.shape}; expected c_out >= 1 rows")
+  kh, kw, b, h, w, c_out = _packed_conv_operands(fn, x_packed, c_in, w_packed, kernel_hw)
   args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
   out = _out(fn, out, (b, oh, ow, c_out), dtype, {"x_packed": x_packed, "w_packed": w_packed})
   cname = "bnn_binary_conv2d_i32" if dtype == I32 else "bnn_binary_conv2d_f32"
@@ -588,16 +594,7 @@ def binary_conv2d_sign(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray,
   c_in = _int(fn, "c_in", c_in, 1)
   if type(pool) is not bool:
     raise TypeError(f"{fn}: pool={pool!r} must be a bool")
-  kh, kw = _pair(fn, "kernel_hw", kernel_hw)
-  _array(fn, "x_packed", x_packed, U64, (None, None, None, words(c_in)),
-         what=f"(batch, h, w, words(c_in)) with c_in={c_in}")
-  _array(fn, "w_packed", w_packed, U64, (None, kh * kw * words(c_in)),
-         what=f"(c_out, kh * kw * words(c_in)) with kernel {kh}x{kw}, c_in={c_in} "
-              f"(from pack_conv_weights)")
-  b, h, w, _ = x_packed.shape
-  c_out = w_packed.shape[0]
-  if c_out < 1:
-    raise ValueError(f"{fn}: w_packed has shape {w_packed.shape}; expected c_out >= 1 rows")
+  kh, kw, b, h, w, c_out = _packed_conv_operands(fn, x_packed, c_in, w_packed, kernel_hw)
   _array(fn, "threshold", threshold, I32, (c_out,), what="(c_out,)")
   args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
   if pool:
