@@ -49,6 +49,8 @@ def measure(name: str, state_dtype: str, optimizer: str, weight_dtype: str = "de
 
 
 def main() -> None:
+  import jax
+
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
   parser.add_argument("--state-dtype", default="default",
@@ -71,7 +73,8 @@ def main() -> None:
   mib = lambda b: f"{b / 2**20:,.1f} MiB"
   flags = (f"--optimizer {args.optimizer} --state-dtype {args.state_dtype} "
            f"--weight-dtype {args.weight_dtype}")
-  lines = [f"Peak training-step memory (XLA memory analysis, CPU); proposed method with "
+  lines = [f"Peak training-step memory (XLA memory analysis, {jax.devices()[0].platform}); "
+           f"proposed method with "
            f"`python bench/memory.py {flags}`", "",
            "| model | batch | standard | proposed | measured ratio | modelled ratio | paper | target met |",
            "|---|---|---|---|---|---|---|---|"]

@@ -93,17 +93,18 @@ def main() -> None:
     rows.append(measure(name, args.batch, args.repeats, args.optimizer, args.state_dtype,
                         args.weight_dtype))
     r = rows[-1]
-    print(f"{name}: standard {r['standard']:.3f} s, proposed {r['proposed']:.3f} s", flush=True)
+    print(f"{name}: standard {1e3 * r['standard']:.2f} ms, proposed {1e3 * r['proposed']:.2f} ms",
+          flush=True)
   device = f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}, "\
            f"{jax.device_count()} device)"
   lines = [f"Training-step time on {device}, median of {args.repeats} steps each, taken "
            f"alternately; proposed method with `python bench/step_time.py --optimizer "
            f"{args.optimizer} --state-dtype {args.state_dtype} --weight-dtype "
            f"{args.weight_dtype}`", "",
-           "| model | batch | standard (s) | proposed (s) | proposed / standard | target <= 1.15x |",
+           "| model | batch | standard (ms) | proposed (ms) | proposed / standard | target <= 1.15x |",
            "|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['name']} | {r['batch']} | {r['standard']:.3f} | {r['proposed']:.3f} | "
+    lines.append(f"| {r['name']} | {r['batch']} | {1e3 * r['standard']:.2f} | {1e3 * r['proposed']:.2f} | "
                  f"{r['ratio']:.2f}x | {'yes' if r['ratio'] <= TARGET else 'no'} |")
   table = "\n".join(lines)
   print(table)

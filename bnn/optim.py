@@ -120,8 +120,11 @@ def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999) -> optax.Gra
 
 
 def is_binary_kernel(path) -> bool:
+  """Whether a parameter path is the kernel of a binary layer. Binary layers are told
+  apart by name: Flax's default ("BinaryConv_0") or an explicit "binary_..." one
+  (tests/bnn/test_optim.py checks this against the layer classes of every model)."""
   names = [getattr(k, "key", str(k)) for k in path]
-  return names[-1] == "kernel" and any(n.startswith("Binary") for n in names[:-1])
+  return names[-1] == "kernel" and any(n.startswith(("Binary", "binary_")) for n in names[:-1])
 
 
 def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):

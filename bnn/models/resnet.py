@@ -63,7 +63,7 @@ class ResidualBlock(nn.Module):
     h = layers.BinaryConv(self.features, (3, 3), strides=self.strides, padding="SAME",
                           method=self.method, grad_quantizer=self.grad_quantizer,
                           weight_grad_quantizer=self.weight_grad_quantizer,
-                          weight_quantizer=self.weight_quantizer, name="conv")(h)
+                          weight_quantizer=self.weight_quantizer, name="binary_conv")(h)
     h = layers.BatchNorm(self.method, self.bn_grad_quantizer, name="bn")(h, train=train)
     return h + shortcut
 

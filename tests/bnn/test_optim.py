@@ -145,3 +145,33 @@ def test_factored_adam_config_keeps_small_gradients_finite_in_float16():
   for u in jax.tree.leaves(updates):
     u = np.asarray(u, np.float32)
     assert np.isfinite(u).all() and np.abs(u).max() <= 1.01e-3  # at most lr per step
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "cnv", "binarynet", "resnete18", "birealnet18"])
+def test_binary_kernels_are_found_by_the_optimizer_in_every_model(model_name):
+  """The optimizer tells binary kernels (factored 16-bit state, Bop) from real ones by
+  name; here they are found by layer class instead, and both must agree."""
+  import flax.linen as nn
+
+  from bnn import layers, models
+  from configs import common
+
+  config = common.base()
+  config.model.name = model_name
+  model = models.create(config.model, num_classes=10)
+  image = (1, 64, 64, 3) if model_name.endswith("18") else (1, 32, 32, 3)
+  binary_layers = set()
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, (layers.BinaryDense, layers.BinaryConv,
+                                   layers.BinaryClassifier)):
+      binary_layers.add(context.module.path)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(image),
+                                                  train=False))
+  labelled = {tuple(getattr(k, "key", str(k)) for k in path[:-1])
+              for path, _ in jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+              if optim.is_binary_kernel(path)}
+  assert binary_layers and labelled == binary_layers

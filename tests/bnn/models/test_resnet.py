@@ -71,7 +71,7 @@ def test_imagenet_parameter_count_and_shapes(cls):
   assert params["stem_conv"]["kernel"].shape == (7, 7, 3, 64)
   assert params["stage2_block1"]["shortcut_conv"]["kernel"].shape == (1, 1, 64, 128)
   assert "shortcut_conv" not in params["stage2_block2"]
-  assert params["stage4_block4"]["conv"]["kernel"].shape == (3, 3, 512, 512)
+  assert params["stage4_block4"]["binary_conv"]["kernel"].shape == (3, 3, 512, 512)
   assert params["classifier"]["bias"].shape == (1000,)
   for size in (224, 32):
     out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), shapes,
