@@ -132,6 +132,17 @@ class MaxPool(nn.Module):
     return ops.max_pool(x, method=self.method)
 
 
+class StemPool(nn.Module):
+  """[ReLU ->] 3x3/2 SAME max pool of the ResNet stems; the proposed method keeps a
+  4-bit argmax per output (bnn/ops/stem_pool.py)."""
+
+  method: str = "proposed"
+  relu: bool = True
+
+  def __call__(self, x):
+    return ops.stem_pool(x, method=self.method, relu=self.relu)
+
+
 class BinaryClassifier(nn.Module):
   """Last block of the paper's models: BinaryDense(num_classes) -> BatchNorm -> softmax.
 

@@ -82,7 +82,7 @@ def _layer_bits(kind: str, first_layer: bool, inputs: int, outputs: int, channel
   activations  = what the backward pass keeps:
     binary dense/conv: its input * bits(kept), 0 for the first layer (the batch itself)
     batch norm: its output * bits(kept) (x_hat, or sign(x_hat)) + 2 per-channel stats
-    sign, max pool: its input * bits(kept) (the input, or the 1-bit mask)
+    sign, max pools: its input * bits(kept) (the input, or 1 bit per input element)
     classifier head: dense input * bits(kept) + batch-norm output (standard: x_hat and
     the softmax, 2 * 32 bits; proposed: nothing, logits are recomputed)
     real conv/dense (ResNet stems, shortcuts, heads): its input * 32 in both methods
@@ -101,7 +101,7 @@ def _layer_bits(kind: str, first_layer: bool, inputs: int, outputs: int, channel
   elif kind == "BatchNorm":
     out["activations"] = outputs * bits["kept"] + 2 * channels * stat_bits
     out["bn_state"] = 2 * channels * 32
-  elif kind in ("Sign", "MaxPool"):
+  elif kind in ("Sign", "MaxPool", "StemPool"):
     out["activations"] = inputs * bits["kept"]
   elif kind in _REAL_LAYERS:
     out["activations"] = 0 if first_layer else inputs * 32
@@ -128,7 +128,7 @@ def modelled(model, input_shape: tuple[int, ...], optimizer: str = "adam",
     out = next_fun(*args, **kwargs)
     kind = type(context.module).__name__
     if context.method_name == "__call__" and kind in (*_BINARY_LAYERS, "BatchNorm", "Sign",
-                                                       "MaxPool", *_REAL_LAYERS):
+                                                       "MaxPool", "StemPool", *_REAL_LAYERS):
       first = bool(getattr(context.module, "first_layer", False))
       params = context.module.variables.get("params", {})
       result = out[0] if isinstance(out, tuple) else out

@@ -17,8 +17,9 @@ alpha = mean |W| per output channel) and no ReLU anywhere, as in Bi-Real Net and
 larq-zoo's BiRealNet (``relu`` switches the two ReLUs).
 
 The binary convolutions are never the first layer (their input is sign(x)); the
-stem, the shortcut convs and the classifier are real layers differentiated by
-autodiff in both methods. Batch norm is the project's beta-only norm
+stem conv, the shortcut convs and the classifier are real layers differentiated by
+autodiff in both methods. The stem's [ReLU ->] max pool is layers.StemPool: for
+"proposed" it keeps a 4-bit argmax per output instead of its float input. Batch norm is the project's beta-only norm
 (layers.BatchNorm: L1 with the sign-bit backward for "proposed", L2 for
 "standard"). Given labels, returns (logits, mean softmax cross-entropy).
 
@@ -88,9 +89,7 @@ class ResNetE18(nn.Module):
     h = nn.Conv(self.stem_features, (7, 7), strides=(2, 2), padding="SAME", use_bias=False,
                 kernel_init=nn.initializers.he_normal(), name="stem_conv")(x)
     h = layers.BatchNorm(self.method, self.bn_grad_quantizer, name="stem_bn")(h, train=train)
-    if self.relu:
-      h = nn.relu(h)
-    h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+    h = layers.StemPool(self.method, self.relu, name="stem_pool")(h)
     for stage, (features, blocks) in enumerate(self.stages):
       for block in range(blocks):
         h = ResidualBlock(features, strides=2 if stage > 0 and block == 0 else 1,
