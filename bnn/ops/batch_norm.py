@@ -108,7 +108,9 @@ def _proposed(gq: GradientQuantizer, eps: float):
 
   def fwd(x, beta, key):
     x_hat, mean, scale = _l1_statistics(x, eps)
-    m = jnp.mean(jnp.abs(x_hat), axis=_axes(x))
+    # mean |x_hat| = mean |x - mean| / scale, from the statistics: a reduction over
+    # x_hat would make XLA keep x_hat, a float tensor, beside the output
+    m = (scale - jnp.asarray(eps, x.dtype)) / scale
     kept = (pack(x_hat), scale.astype(jnp.float16), m.astype(jnp.float16), key)
     return (x_hat + beta, mean, scale), kept
 
