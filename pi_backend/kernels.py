@@ -78,8 +78,8 @@ def _out(fn: str, out, shape, dtype, inputs, name: str = "out") -> np.ndarray:
     return np.empty(shape, dtype)
   flags = getattr(out, "flags", None)
   if not (type(out) is np.ndarray and out.dtype == dtype and out.shape == tuple(shape)
-          and flags.c_contiguous and flags.aligned and flags.writeable):  # else: which
-    _array(fn, name, out, dtype, tuple(shape), writable=True)
+          and flags.c_contiguous and flags.aligned and flags.writeable):
+    _array(fn, name, out, dtype, tuple(shape), writable=True)  # raises, naming the fault
   for in_name, a in inputs.items():
     if a is not None and np.may_share_memory(out, a):
       raise ValueError(f"{fn}: {name} overlaps the input {in_name}; expected a separate "

@@ -19,9 +19,10 @@ larq-zoo's BiRealNet (``relu`` switches the two ReLUs).
 The binary convolutions are never the first layer (their input is sign(x)); the
 stem conv, the shortcut convs and the classifier are real layers differentiated by
 autodiff in both methods. The stem's [ReLU ->] max pool is layers.StemPool: for
-"proposed" it keeps a 4-bit argmax per output instead of its float input. Batch norm is the project's beta-only norm
-(layers.BatchNorm: L1 with the sign-bit backward for "proposed", L2 for
-"standard"). Given labels, returns (logits, mean softmax cross-entropy).
+"proposed" it keeps a 4-bit argmax per output instead of its float input. Batch norm
+is the project's beta-only norm (layers.BatchNorm: L1 with the sign-bit backward for
+"proposed", L2 for "standard"). Given labels, returns (logits, mean softmax
+cross-entropy).
 
 Works at any input size for which every stage keeps at least one pixel (224: 112
 -> 56 -> 56, 28, 14, 7; 32: 16 -> 8 -> 8, 4, 2, 1).
