@@ -913,17 +913,8 @@ def adam_f16(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, *, step
   for name, a in (("m", m), ("v", v)):
     _array(fn, name, a, F16, w.shape, what="(w's shape)", writable=True)
   _array(fn, "g", g, (F32, F16), w.shape, what="(w's shape)")
-  arrays = {"w": w, "m": m, "v": v, "g": g}
-  names = list(arrays)
-  for i, a_name in enumerate(names):
-    for b_name in names[i + 1:]:
-      if np.may_share_memory(arrays[a_name], arrays[b_name]):
-        raise ValueError(f"{fn}: {a_name} and {b_name} overlap; expected separate arrays")
-  step = _int(fn, "step", step, 1)
-  lr = _float(fn, "lr", lr)
-  b1 = _float(fn, "b1", b1, lo=0.0, hi=1.0, hi_open=True)
-  b2 = _float(fn, "b2", b2, lo=0.0, hi=1.0, hi_open=True)
-  eps = _float(fn, "eps", eps, lo=0.0)
+  _check_separate(fn, {"w": w, "m": m, "v": v, "g": g}, written=("w", "m", "v"))
+  step, lr, b1, b2, eps = _adam_hyperparameters(fn, step, lr, b1, b2, eps)
   cname = "bnn_adam_f16" if g.dtype == F32 else "bnn_adam_f16_g16"
   _call(fn, cname, _ptr(w), _ptr(m), _ptr(v), _ptr(g), w.size, step, lr, b1, b2, eps)
 
@@ -934,11 +925,9 @@ def sign_scaled_grad(dw: np.ndarray, w: np.ndarray, c: np.float16) -> np.ndarray
   fn = "sign_scaled_grad"
   _array(fn, "dw", dw, F32)
   _array(fn, "w", w, F16, dw.shape, what="(dw's shape)")
-  c16 = np.float16(c).view(np.uint16)
-  if c16 & 0x8000:
-    raise ValueError(f"{fn}: c={c!r}; expected a non-negative float16")
+  c16 = _nonnegative_half_bits(fn, "c", c)
   out = np.empty(dw.shape, F16)
-  _call(fn, "bnn_sign_scaled_grad", _ptr(dw), _ptr(w), dw.size, int(c16), _ptr(out))
+  _call(fn, "bnn_sign_scaled_grad", _ptr(dw), _ptr(w), dw.size, c16, _ptr(out))
   return out
 
 
@@ -973,14 +962,8 @@ def dense_weight_update(x: np.ndarray, dy: np.ndarray, w: np.ndarray, m: np.ndar
   _array(fn, "w", w, F16, (k, n), what="(k, n)", writable=True)
   _array(fn, "m", m, F16, (k, n), what="(k, n), w's shape", writable=True)
   _array(fn, "v", v, F16, (k, n), what="(k, n), w's shape", writable=True)
-  c16 = int(np.float16(c).view(np.uint16))
-  if c16 & 0x8000:
-    raise ValueError(f"{fn}: c={c!r}; expected a non-negative float16")
-  step = _int(fn, "step", step, 1)
-  lr = _float(fn, "lr", lr)
-  b1 = _float(fn, "b1", b1, lo=0.0, hi=1.0, hi_open=True)
-  b2 = _float(fn, "b2", b2, lo=0.0, hi=1.0, hi_open=True)
-  eps = _float(fn, "eps", eps, lo=0.0)
+  c16 = _nonnegative_half_bits(fn, "c", c)
+  step, lr, b1, b2, eps = _adam_hyperparameters(fn, step, lr, b1, b2, eps)
   if dw_scratch is None:
     dw_scratch = np.empty((rb, n), F32)
   else:
@@ -996,23 +979,37 @@ def dense_weight_update(x: np.ndarray, dy: np.ndarray, w: np.ndarray, m: np.ndar
       _array(fn, "x_scratch", x_scratch, F32, (batch, rb), writable=True)
   else:
     x_scratch = None
-  arrays = {"x": x, "dy": dy, "w": w, "m": m, "v": v, "dw_scratch": dw_scratch,
-            "g_scratch": g_scratch, "x_scratch": x_scratch}
-  written = ("w", "m", "v", "dw_scratch", "g_scratch", "x_scratch")
-  names = [nm for nm in arrays if arrays[nm] is not None]
-  for i, a_name in enumerate(names):
-    for b_name in names[i + 1:]:
-      if (a_name in written or b_name in written) and _overlap(arrays[a_name], arrays[b_name]):
-        raise ValueError(f"{fn}: {a_name} and {b_name} overlap; expected separate arrays")
+  _check_separate(fn, {"x": x, "dy": dy, "w": w, "m": m, "v": v, "dw_scratch": dw_scratch,
+                       "g_scratch": g_scratch, "x_scratch": x_scratch},
+                  written=("w", "m", "v", "dw_scratch", "g_scratch", "x_scratch"))
   _call(fn, "bnn_dense_weight_update", _ptr(x), kind, _ptr(dy), batch, k, n, rows, c16,
         _ptr(w), _ptr(m), _ptr(v), step, lr, b1, b2, eps, _ptr(dw_scratch), _ptr(g_scratch),
         _ptr(x_scratch))
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
-  """Whether two C-contiguous arrays' byte ranges overlap (cheap and exact for them)."""
-  a0, b0 = a.ctypes.data, b.ctypes.data
-  return a.nbytes > 0 and b.nbytes > 0 and a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+def _check_separate(fn: str, arrays: dict, written: tuple[str, ...]) -> None:
+  """Raises when an array a kernel writes overlaps another of its arrays (None: absent)."""
+  names = [name for name, a in arrays.items() if a is not None]
+  for i, a_name in enumerate(names):
+    for b_name in names[i + 1:]:
+      if (a_name in written or b_name in written) and np.may_share_memory(
+          arrays[a_name], arrays[b_name]):
+        raise ValueError(f"{fn}: {a_name} and {b_name} overlap; expected separate arrays")
+
+
+def _adam_hyperparameters(fn: str, step, lr, b1, b2, eps) -> tuple:
+  """Checked (step, lr, b1, b2, eps) of one Adam step: step >= 1, b1 and b2 in [0, 1)."""
+  return (_int(fn, "step", step, 1), _float(fn, "lr", lr),
+          _float(fn, "b1", b1, lo=0.0, hi=1.0, hi_open=True),
+          _float(fn, "b2", b2, lo=0.0, hi=1.0, hi_open=True), _float(fn, "eps", eps, lo=0.0))
+
+
+def _nonnegative_half_bits(fn: str, name: str, c) -> int:
+  """The float16 bits of a scale c, which must round to a non-negative float16."""
+  bits = int(np.float16(c).view(np.uint16))
+  if bits & 0x8000:
+    raise ValueError(f"{fn}: {name}={c!r}; expected a non-negative float16")
+  return bits
 
 
 __all__ = [
