@@ -345,6 +345,9 @@ def to_uint8(packed: np.ndarray, n: int) -> np.ndarray:
 
 # ---- GEMMs -------------------------------------------------------------------------
 
+_GEMM_DTYPES = {np.int32: I32, I32: I32, np.float32: F32, F32: F32}
+
+
 def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, *, dtype=np.int32,
               out: np.ndarray | None = None) -> np.ndarray:
   """Binary GEMM: a (m, words(k)) and b (n, words(k)) packed +-1 rows of k elements ->
@@ -352,7 +355,10 @@ def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, *, dtype=np.int32,
   b = pack_transposed(W)."""
   fn = "xnor_gemm"
   k = _int(fn, "k", k, 0, 2**31 - 1)
-  dtype = dtype if type(dtype) is np.dtype else np.dtype(dtype)
+  try:
+    dtype = _GEMM_DTYPES.get(dtype) or np.dtype(dtype)  # the lookup saves np.dtype's 0.4 us
+  except TypeError:
+    raise TypeError(f"{fn}: dtype={dtype!r}; expected int32 or float32") from None
   if dtype not in (I32, F32):
     raise TypeError(f"{fn}: dtype={dtype}; expected int32 or float32")
   wk = -(-k // 64)

@@ -44,8 +44,9 @@ def test_xnor_gemm_matches_numpy(impl, k, m, n):
 @pytest.mark.parametrize("m,n,k", [(11, 150, 65), (9, 64, 576), (200, 256, 256), (17, 193, 1),
                                    (4, 128, 8191), (2, 40, 66000), (13, 33, 130)])
 def test_xnor_gemm_register_blocks_and_long_rows(impl, m, n, k):
-  """Shapes around the SIMD kernels' blocks (4 x 2 and 8 x 1 vectors of 32 / 64 rows),
-  remainders in both directions, and k past their 16-bit counters (> 8184 bytes)."""
+  """Shapes around the SIMD kernels' blocks (4 x 2 or 3 x 2, and 8 x 1 vectors of 32 / 64
+  rows), remainders in both directions, rows split into equal chunks of at most 31 bytes
+  (k = 256: 16 + 16; k = 576: 3 x 24), and k past their 16-bit counters (> 8184 bytes)."""
   rng = np.random.default_rng(m * n + k)
   a, b = _pm1(rng, (m, k)), _pm1(rng, (n, k))
   b[0] = -a[0] if m else b[0]  # a counter at its maximum: y = -k
