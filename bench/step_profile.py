@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import step_time  # noqa: E402  (bench/ is the script's directory)
 
+_OPS = "ops run (count)"  # a key beside the layer kinds: XLA ops (thunks) per step
 _OP = re.compile(r'\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]+)"')
 
 
@@ -68,6 +69,7 @@ def profile(name: str, method: str, batch: int, steps: int, optimizer: str,
   for e in events:
     if e.get("ph") == "X" and e.get("name") in kind_of:
       per_kind[kind_of[e["name"]]] += e["dur"] / steps  # microseconds per step
+      per_kind[_OPS] += 1 / steps
   return per_kind
 
 
@@ -100,12 +102,15 @@ def main() -> None:
         f"each, optimizer {args.optimizer}, state {args.state_dtype}")
   print("| layer (jvp: forward, transpose: backward) | standard | proposed | difference |")
   print("|---|---|---|---|")
+  ops = {m: r.pop(_OPS) for m, r in runs.items()}
   for k in kinds:
     s, p = runs["standard"][k], runs["proposed"][k]
-    if max(s, p) >= 10:
+    if k != _OPS and max(s, p) >= 10:
       print(f"| {k} | {s:.0f} | {p:.0f} | {p - s:+.0f} |")
   s, p = sum(runs["standard"].values()), sum(runs["proposed"].values())
   print(f"| all ops | {s:.0f} | {p:.0f} | {p - s:+.0f} ({p / s:.2f}x) |")
+  print(f"| {_OPS} | {ops['standard']:.0f} | {ops['proposed']:.0f} | "
+        f"{ops['proposed'] - ops['standard']:+.0f} |")
 
 
 if __name__ == "__main__":

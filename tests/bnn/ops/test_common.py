@@ -21,6 +21,9 @@ def test_tie_marks_a_nan_dependency():
   bits = jnp.array([0, 1, 254], jnp.uint8)
   np.testing.assert_array_equal(common.tie(bits, nan), [1, 0, 255])
   assert np.isnan(np.asarray(common.tie(jnp.ones(3), jnp.ones(2), nan))).all()
+  # any of a dep's first 16 elements (a reduction XLA computes once)
+  late_nan = jnp.ones((4, 5)).at[3, 0].set(jnp.nan)  # element 15
+  np.testing.assert_array_equal(common.tie(bits, late_nan), [1, 0, 255])
 
 
 def test_tie_keeps_unpacking_out_of_the_forward_pass():
