@@ -19,6 +19,7 @@ process 0 writes config.json, metrics, curves and results.json.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -129,6 +130,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   main = distributed.is_main_process()
   exp.workdir.mkdir(parents=True, exist_ok=True)
   latest, best = exp.checkpoints(), exp.checkpoints("best")
+  try:
+    return _train(exp, config, latest, best, main)
+  finally:  # also when a resume is refused or the loss diverges: saves finish, no
+    latest.close()  # orbax thread outlives its event loop
+    best.close()
+
+
+def _train(exp: Experiment, config: ml_collections.ConfigDict,
+           latest: ocp.CheckpointManager, best: ocp.CheckpointManager, main: bool) -> dict:
+  """train_and_evaluate's work, with its two checkpoint managers open."""
   if latest.latest_step() is not None:
     state = exp.restore(latest)  # refuses another experiment's checkpoints
     if main:
@@ -192,8 +203,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     metrics_log.plot_curves(exp.workdir / "metrics.jsonl", exp.workdir / "curves.png",
                             title=f"{config.model.name} / {config.dataset.name} / "
                                   f"{config.model.method}")
-  latest.close()
-  best.close()
   return results
 
 
@@ -201,10 +210,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Test metrics of the best-validation checkpoint (else the newest) in workdir."""
   exp = Experiment(config, workdir)
   for which in ("best", "checkpoints"):
-    manager = exp.checkpoints(which)
-    step = manager.best_step() if which == "best" else manager.latest_step()
-    if step is not None:
-      state = exp.restore(manager, step)
+    with contextlib.closing(exp.checkpoints(which)) as manager:
+      step = manager.best_step() if which == "best" else manager.latest_step()
+      state = None if step is None else exp.restore(manager, step)
+    if state is not None:
       return {"checkpoint": which, "step": step, "test": exp.evaluate(state, "test")}
   raise FileNotFoundError(f"no checkpoint in {exp.workdir}/best or {exp.workdir}/checkpoints; "
                           f"train first: python main.py --mode train --workdir {exp.workdir}")

@@ -19,6 +19,7 @@ bundle's training step into W2/checkpoints, which ``--mode eval`` evaluates.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import flax
@@ -305,18 +306,17 @@ def import_bundle(config, bundle_path, workdir) -> int:
   step. Returns that step."""
   b = bundle_lib.read(bundle_path)
   exp = _experiment(config, workdir)
-  manager = exp.checkpoints()
   step = b.graph.train_step
-  if step in manager.all_steps():
-    raise ExportError(f"{manager.directory} already has a checkpoint at step {step}; "
-                      f"import into another workdir")
-  state = bundle_to_state(b, exp.initial_state(), exp.model,
-                          input_shape=exp.train_data.image_shape, base_lr=config.optimizer.lr)
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  exp.workdir.mkdir(parents=True, exist_ok=True)
-  manager.save(step, args=ocp.args.StandardSave(state), force=True)
-  manager.wait_until_finished()
-  manager.close()
+  with contextlib.closing(exp.checkpoints()) as manager:
+    if step in manager.all_steps():
+      raise ExportError(f"{manager.directory} already has a checkpoint at step {step}; "
+                        f"import into another workdir")
+    state = bundle_to_state(b, exp.initial_state(), exp.model,
+                            input_shape=exp.train_data.image_shape, base_lr=config.optimizer.lr)
+    exp.workdir.mkdir(parents=True, exist_ok=True)
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
   print(f"imported {bundle_path} (training step {step}) into {manager.directory}; "
         f"evaluate with --mode eval --workdir {exp.workdir}")
   return step

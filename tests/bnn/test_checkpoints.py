@@ -125,7 +125,9 @@ def test_corrupt_checkpoint_is_refused_naming_the_older_one(tmp_path):
                            r"\[4\]; move .*/8 away to resume from step 4"):
     experiment.train_and_evaluate(config, tmp_path)
   shutil.rmtree(tmp_path / "checkpoints" / "8")  # as the message says
-  restored = exp.restore(exp.checkpoints())
+  manager = exp.checkpoints()
+  restored = exp.restore(manager)
+  manager.close()
   assert int(restored.step) == int(state.step)
 
 
@@ -159,6 +161,7 @@ def test_non_finite_loss_stops_before_it_is_saved(tmp_path, monkeypatch):
   manager = exp.checkpoints()
   assert max(manager.all_steps()) == 4  # nothing at or after the first bad step
   state = exp.restore(manager)
+  manager.close()
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree_util.tree_leaves(state.params))
 
 
