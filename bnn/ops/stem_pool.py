@@ -100,8 +100,9 @@ def _proposed(in_shape: tuple[int, int, int], window: int, stride: int, relu: bo
     packed = pack_nibbles(idx)
     # Only the backward pass reads the argmax, so XLA computed it there, keeping the
     # padded input and y alive through the forward pass (Bi-Real-18's peak). Making y
-    # depend on it (a nibble is at most 9, never 15) computes it here.
-    never = (packed.reshape(-1)[0] & 15) == 15
+    # depend on it (a nibble is at most 9, never 15) computes it here. A reduction, as in
+    # common.tie: one element of the fused argmax would be recomputed for every output.
+    never = jnp.max(packed.reshape(-1)[:16] & 15) == 15
     return jnp.where(never, jnp.asarray(jnp.nan, y.dtype), y), packed
 
   def bwd(packed, dy):
