@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from bnn.ops import common
-from quantizers import GradientQuantizer, pack, unpack
+from quantizers import GradientQuantizer, pack, unpack_bits
 
 
 def batch_norm(x: jax.Array, beta: jax.Array, *, method: str, grad_quantizer=None,
@@ -119,12 +119,16 @@ def _proposed(gq: GradientQuantizer, eps: float):
     dy = cotangents[0]  # the cotangents of mean and scale are ignored
     axes = _axes(dy)
     dt = dy.dtype
-    s = unpack(common.tie(bits, dy), dy.shape[-1], dt)
+    positive = unpack_bits(common.tie(bits, dy), dy.shape[-1])
     dy = gq(dy, key)
     # g = dy / scale; dx = g - mean(g) - s * mean(g * s) * m, with the per-channel
-    # 1 / scale taken out of the means: no float tensor but dy and dx is formed
+    # 1 / scale taken out of the means: no float tensor but dy and dx is formed.
+    # dy * s as a select of +-dy, not a product with s: XLA then fuses it into the
+    # reduction, where the product made it materialise s, a float tensor of x's size
+    s = jnp.where(positive, jnp.ones((), dt), -jnp.ones((), dt))
     dx = (dy - jnp.mean(dy, axis=axes)
-          - s * (jnp.mean(dy * s, axis=axes) * m16.astype(dt))) * (1 / scale16.astype(dt))
+          - s * (jnp.mean(jnp.where(positive, dy, -dy), axis=axes) * m16.astype(dt))
+          ) * (1 / scale16.astype(dt))
     return dx, jnp.sum(dy, axis=axes), None
 
   bn.defvjp(fwd, bwd)

@@ -42,16 +42,6 @@ def check_key(q: GradientQuantizer, key, what: str) -> None:
     raise ValueError(f"{what}={q.spec()} rounds stochastically and needs a PRNG `key`")
 
 
-MAX_BACKWARD_CHUNKS = 10
-
-
-def batch_chunks(batch: int) -> int:
-  """How many equal slices a backward pass splits the batch into: the largest
-  divisor of batch up to MAX_BACKWARD_CHUNKS. The slices run one after another
-  (lax.scan), so a layer's float temporaries are those of one slice."""
-  return max(n for n in range(1, min(batch, MAX_BACKWARD_CHUNKS) + 1) if batch % n == 0)
-
-
 def tie(x: jax.Array, *deps: jax.Array) -> jax.Array:
   """x, made to depend on deps: XLA cannot compute anything from the result before
   deps exist. A backward pass uses this to order its work so that fewer float
@@ -64,7 +54,10 @@ def tie(x: jax.Array, *deps: jax.Array) -> jax.Array:
   - tie(w, dy): sign(W) is recomputed in the backward pass, not the forward's
     float copy kept alive in between (XLA would merge the two);
   - tie(w, dw): dx = conv_transpose(dy, w) starts after dW is done, so the weight
-    gradient's temporaries (transposed copies of x and dy) are gone by then.
+    gradient's temporaries (transposed copies of x and dy) are gone by then;
+  - tie(x_slice, dw): a conv's weight gradient over the next slice of the batch
+    starts after the slices before it are summed, so that one slice's transposed
+    copies exist at a time.
   lax.optimization_barrier does not keep this order on the CPU; a data dependency
   does. x is changed only where one of a dep's first 16 elements is NaN (integers:
   XOR 1, floats: NaN), when the gradient is NaN anyway. The maximum of 16 is a

@@ -84,7 +84,7 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
     x = kept if first_layer else unpack(common.tie(kept, dy), w.shape[2], dy.dtype)
     dy = gq(dy, key)
     wb = binary_weights(fq, common.tie(w, dy), dy.dtype)  # not the forward's, kept alive
-    dw_raw, = jax.linear_transpose(lambda b: conv(x, b), wb)(dy)
+    dw_raw = _correlate_in_slices(conv, x, dy, wb)
     # dx after dW: the correlation's transposed copies of x and dy are gone by then
     wb = common.tie(wb, dw_raw)
     dx, = jax.linear_transpose(lambda a: conv(a, wb), x)(dy)
@@ -93,6 +93,28 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
 
   binary.defvjp(fwd, bwd)
   return binary
+
+
+# The proposed weight gradient is summed over this many slices of the batch, one after
+# another. XLA's correlation makes transposed float copies of x and dy, which were the
+# peak of the proposed step (CNV, BinaryNet); per slice they are half as large. More
+# slices save little: dy itself, alive through the correlation, is then the peak.
+WEIGHT_GRAD_SLICES = 2
+
+
+def _correlate_in_slices(conv, x, dy, wb):
+  """dW_raw = correlate(x, dy), the transpose of W -> conv(x, W) at dy, summed over
+  WEIGHT_GRAD_SLICES slices of the batch. Each slice starts when the sum before it is
+  done (tie), so only one slice's transposed copies exist at a time."""
+  size = -(-dy.shape[0] // WEIGHT_GRAD_SLICES)
+  dw_raw = None
+  for start in range(0, dy.shape[0], size):
+    xs, dys = x[start:start + size], dy[start:start + size]
+    if dw_raw is not None:
+      xs, dys = common.tie(xs, dw_raw), common.tie(dys, dw_raw)
+    part, = jax.linear_transpose(lambda b, xs=xs: conv(xs, b), wb)(dys)
+    dw_raw = part if dw_raw is None else dw_raw + part
+  return dw_raw
 
 
 def _int(v) -> int | None:

@@ -9,6 +9,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 import quantizers
 from bnn.ops import binary_conv
+from bnn.ops import conv as conv_module
 from tests.reference import dense_conv as ref
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -70,6 +71,7 @@ CASES = [
     ((2, 8, 6, 9), (1, 3), 3, (1, 2), "SAME"),
     ((2, 7, 9, 5), (3, 1), 2, 2, 2),
     ((1, 5, 5, 3), (5, 5), 2, 1, "VALID"),  # the kernel covers the whole input
+    ((3, 6, 5, 7), (3, 3), 3, 1, "SAME"),  # an odd batch: weight-gradient slices of 2 and 1
 ]
 
 
@@ -86,7 +88,7 @@ def _params(cases, first_layer=None):
   return out
 
 
-PROPOSED = _params(CASES, False) + _params([CASES[i] for i in (2, 4, 7, 10)], True)
+PROPOSED = _params(CASES, False) + _params([CASES[i] for i in (2, 4, 7, 10, 11)], True)
 STANDARD = _params([CASES[i] for i in (0, 2, 3, 4, 6, 7, 8)])
 
 
@@ -146,6 +148,24 @@ def test_proposed_keeps_input_packed():
              for aval, _ in residuals), residuals
   # The check above would catch float32 activations: the standard method keeps x.
   assert _batch_sized_floats(saved_residuals(loss("standard"), x, w), batch)
+
+
+def test_weight_gradient_in_slices_needs_fewer_temporaries(monkeypatch):
+  """The proposed backward sums dW over slices of the batch (conv.WEIGHT_GRAD_SLICES):
+  XLA's transposed copies of x and dy are then a slice's, not the batch's."""
+  x = jax.ShapeDtypeStruct((16, 16, 16, 32), jnp.float32)
+  w = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
+
+  def temporaries():
+    def step(x, w, dy):
+      y, vjp = jax.vjp(lambda x, w: binary_conv(x, w, method="proposed"), x, w)
+      return vjp(2 * dy)  # a dy computed in the step, as a layer above would
+    return jax.jit(step).lower(x, w, x).compile().memory_analysis().temp_size_in_bytes
+
+  sliced = temporaries()
+  monkeypatch.setattr(conv_module, "WEIGHT_GRAD_SLICES", 1)
+  whole = temporaries()
+  assert sliced < 0.9 * whole, (sliced, whole)
 
 
 def test_proposed_first_layer_keeps_nothing_new():
