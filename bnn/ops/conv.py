@@ -81,7 +81,11 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
 
   def bwd(res, dy):
     kept, w, key = res
-    x = kept if first_layer else unpack(common.tie(kept, dy), w.shape[2], dy.dtype)
+    # tied for the first layer too: XLA would otherwise make the real input's
+    # transposed copy for dW early in the forward pass and keep it to the end
+    x = common.tie(kept, dy)
+    if not first_layer:
+      x = unpack(x, w.shape[2], dy.dtype)
     dy = gq(dy, key)
     wb = binary_weights(fq, common.tie(w, dy), dy.dtype)  # not the forward's, kept alive
     dw_raw = _correlate_in_slices(conv, x, dy, wb)
@@ -105,11 +109,14 @@ WEIGHT_GRAD_SLICES = 2
 def _correlate_in_slices(conv, x, dy, wb):
   """dW_raw = correlate(x, dy), the transpose of W -> conv(x, W) at dy, summed over
   WEIGHT_GRAD_SLICES slices of the batch. Each slice starts when the sum before it is
-  done (tie), so only one slice's transposed copies exist at a time."""
-  size = -(-dy.shape[0] // WEIGHT_GRAD_SLICES)
+  done (tie), so only one slice's transposed copies exist at a time. Slice s is every
+  WEIGHT_GRAD_SLICES-th example from s: where the batch is split over devices, each
+  device keeps its share of every slice, so no activations move between them (each
+  slice's dW is all-reduced: one more all-reduce of the kernel's size)."""
+  slices = min(WEIGHT_GRAD_SLICES, dy.shape[0])
   dw_raw = None
-  for start in range(0, dy.shape[0], size):
-    xs, dys = x[start:start + size], dy[start:start + size]
+  for s in range(slices):
+    xs, dys = x[s::slices], dy[s::slices]
     if dw_raw is not None:
       xs, dys = common.tie(xs, dw_raw), common.tie(dys, dw_raw)
     part, = jax.linear_transpose(lambda b, xs=xs: conv(xs, b), wb)(dys)
