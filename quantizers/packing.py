@@ -21,6 +21,9 @@ def pack(x: jnp.ndarray) -> jnp.ndarray:
   """Packs ``x >= 0`` (or a boolean array) along the last axis into uint8."""
   if x.ndim == 0:
     raise ValueError("pack() needs at least one axis; got a scalar")
+  if x.size == 0:  # e.g. an empty batch, which XLA cannot reshape into groups of 8
+    raise ValueError(f"pack() got an array of shape {x.shape} with no elements; expected "
+                     f"at least one")
   bits = x if x.dtype == jnp.bool_ else x >= 0
   pad = -bits.shape[-1] % 8
   if pad:

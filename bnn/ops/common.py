@@ -37,6 +37,14 @@ def gradient_quantizer(spec, method: str, default_proposed: str, what: str) -> G
   return q
 
 
+def check_not_empty(x: jax.Array, op: str) -> None:
+  """The proposed method's ops pack bits and order work on the data; an empty batch
+  has neither, and would fail deep inside XLA."""
+  if x.size == 0:
+    raise ValueError(f"{op}: x has shape {x.shape} with no elements; method='proposed' "
+                     f"expected a non-empty batch")
+
+
 def check_key(q: GradientQuantizer, key, what: str) -> None:
   if q.stochastic and key is None:
     raise ValueError(f"{what}={q.spec()} rounds stochastically and needs a PRNG `key`")
@@ -86,5 +94,5 @@ def proposed_weight_grad(dw_raw: jax.Array, w: jax.Array, q: GradientQuantizer) 
   return dw.astype(jnp.float16).astype(w.dtype)
 
 
-__all__ = ["METHODS", "binarize_weights_ste", "check_key", "check_method",
+__all__ = ["METHODS", "binarize_weights_ste", "check_key", "check_method", "check_not_empty",
            "gradient_quantizer", "proposed_weight_grad", "sign"]

@@ -58,6 +58,7 @@ def binary_conv(x: jax.Array, w: jax.Array, *, method: str, strides=1, padding="
   if method == "standard":
     return _conv(x, fq(w).astype(x.dtype), strides, pads)
   common.check_key(gq, key, "grad_quantizer")
+  common.check_not_empty(x, "binary_conv")
   return _proposed(bool(first_layer), strides, pads, gq, wq, fq)(x, w, key)
 
 

@@ -55,6 +55,7 @@ def binary_dense(x: jax.Array, w: jax.Array, *, method: str, first_layer: bool =
   if method == "standard":
     return x @ fq(w).astype(x.dtype)
   common.check_key(gq, key, "grad_quantizer")
+  common.check_not_empty(x, "binary_dense")
   return _proposed(bool(first_layer), gq, wq, fq)(x, w, key)
 
 

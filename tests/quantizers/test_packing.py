@@ -166,3 +166,8 @@ def test_unpack_with_the_wrong_byte_count_raises(fn):
 def test_unpack_with_the_wrong_dtype_raises(fn, dtype):
   with pytest.raises(TypeError, match=r"uint8.*" + jnp.dtype(dtype).name):
     fn(jnp.zeros((3, 2), dtype), 13)
+
+
+def test_pack_of_an_empty_array_raises():
+  with pytest.raises(ValueError, match=r"shape \(0, 6\) with no elements"):
+    packing.pack(jnp.ones((0, 6)))

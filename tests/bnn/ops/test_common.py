@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnn.ops import common
+from bnn.ops import binary_conv, binary_dense, common
 
 
 @pytest.mark.parametrize("x", [jnp.arange(12, dtype=jnp.uint8).reshape(3, 4),
@@ -44,3 +44,12 @@ def test_tie_keeps_unpacking_out_of_the_forward_pass():
   compiled = jax.jit(jax.grad(loss)).lower(ws, x).compile()
   temps = compiled.memory_analysis().temp_size_in_bytes
   assert temps < 3.5 * x.nbytes, temps  # without the ties: 5.25 x.nbytes; with: 2.25
+
+
+@pytest.mark.parametrize("first_layer", [False, True])
+def test_proposed_ops_name_an_empty_batch(first_layer):
+  cases = [(binary_conv, jnp.zeros((0, 5, 5, 3)), jnp.ones((3, 3, 3, 4))),
+           (binary_dense, jnp.zeros((0, 6)), jnp.ones((6, 4)))]
+  for op, x, w in cases:
+    with pytest.raises(ValueError, match=rf"{op.__name__}: x has shape .* no elements"):
+      op(x, w, method="proposed", first_layer=first_layer)
