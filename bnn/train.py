@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bnn import optim
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -74,6 +76,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       grads = plan.like_state(grads, "params")
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=state.monitor)
     params = optax.apply_updates(state.params, updates)
+    opt_state = optim.after_params(opt_state, params)
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, rng=rng), metrics
