@@ -79,30 +79,31 @@ def _c_aligned(a: np.ndarray) -> bool:
   return flags.c_contiguous and flags.aligned
 
 
+def _overlap(p: int, p_bytes: int, q: int, q_bytes: int) -> bool:
+  """Whether the byte ranges [p, p + p_bytes) and [q, q + q_bytes) share a byte. For
+  C-contiguous arrays (checked before every call) this is exact, and cheaper than
+  np.may_share_memory (0.7 us) on per-layer, per-step calls."""
+  return bool(p_bytes and q_bytes) and p < q + q_bytes and q < p + p_bytes
+
+
 def _out(fn: str, out, shape, dtype, inputs: dict, name: str = "out") -> tuple:
   """-> (out, addresses): a fresh output array or the checked ``out`` argument, and the
   data addresses of the inputs (in the dict's order; None for an absent one) then of
-  out, for the C call. The inputs must have been checked C-contiguous (``_array``): the
-  overlap check then compares byte ranges, which is exact, and uses the addresses the
-  call needs anyway (np.may_share_memory costs 0.7 us per input, an address 0.9 us)."""
-  if out is None:
+  out, for the C call. The inputs must have been checked C-contiguous (``_array``);
+  the overlap check uses the addresses the call needs anyway."""
+  given = out is not None
+  if not given:
     out = np.empty(shape, dtype)
-    p, end = _ptr(out), 0  # a fresh array overlaps nothing (no input starts below 0)
   else:
-    if type(out) is np.ndarray:
-      flags = out.flags
-      ok = (out.dtype == dtype and out.shape == shape and flags.c_contiguous
-            and flags.aligned and flags.writeable)
-    else:
-      ok = False
-    if not ok:
+    flags = getattr(out, "flags", None)  # one flags object: each costs 0.1 us
+    if not (type(out) is np.ndarray and out.dtype == dtype and out.shape == shape
+            and flags.c_contiguous and flags.aligned and flags.writeable):
       _array(fn, name, out, dtype, tuple(shape), writable=True)  # raises, naming the fault
-    p, nbytes = _ptr(out), out.nbytes
-    end = p + nbytes if nbytes else 0  # an empty out overlaps nothing either
+  p = _ptr(out)
   ptrs = []  # one loop, not a comprehension and a loop: each costs 0.5 us
   for in_name, a in inputs.items():
     q = _ptr(a)
-    if q is not None and q < end and p < q + a.nbytes and a.nbytes:
+    if given and q is not None and _overlap(p, out.nbytes, q, a.nbytes):  # fresh: no overlap
       raise ValueError(f"{fn}: {name} overlaps the input {in_name}; expected a separate "
                        f"output array")
     ptrs.append(q)
@@ -1023,17 +1024,12 @@ def dense_weight_update(x: np.ndarray, dy: np.ndarray, w: np.ndarray, m: np.ndar
 
 
 def _check_separate(fn: str, arrays: dict, written: tuple[str, ...]) -> None:
-  """Raises when an array a kernel writes overlaps another of its arrays (None: absent).
-  The arrays are C-contiguous (checked before), so comparing byte ranges is exact, and
-  cheaper than np.may_share_memory on a per-layer, per-step call."""
-  spans = {name: (_ptr(a), a.nbytes) for name, a in arrays.items()
-           if a is not None and a.nbytes}
+  """Raises when an array a kernel writes overlaps another of its arrays (None: absent)."""
+  spans = {name: (_ptr(a), a.nbytes) for name, a in arrays.items() if a is not None}
   names = list(spans)
   for i, a_name in enumerate(names):
-    (a0, an) = spans[a_name]
     for b_name in names[i + 1:]:
-      (b0, bn) = spans[b_name]
-      if (a_name in written or b_name in written) and a0 < b0 + bn and b0 < a0 + an:
+      if (a_name in written or b_name in written) and _overlap(*spans[a_name], *spans[b_name]):
         raise ValueError(f"{fn}: {a_name} and {b_name} overlap; expected separate arrays")
 
 

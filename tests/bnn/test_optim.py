@@ -4,7 +4,7 @@ import numpy as np
 import optax
 import pytest
 
-from bnn import optim
+from bnn import memory, memory_report, optim
 from configs import fashion_mnist_mlp
 
 
@@ -201,8 +201,6 @@ def test_after_params_ties_each_buffer_to_its_own_parameter():
 def test_after_params_lets_xla_update_in_place(monkeypatch):
   """The MLP's training step with float32 weights and the memory-lean state needs less
   memory when the optimizer state is updated after the weights (no copies)."""
-  from bnn import memory, memory_report
-
   config = fashion_mnist_mlp.get_config()
   config.optimizer.name, config.optimizer.state_dtype = "factored_adam", "float16"
   config.optimizer.weight_dtype = "float32"

@@ -86,6 +86,10 @@ def test_outputs_read_only_or_overlapping():
   buf = np.zeros(12, f32)
   with pytest.raises(ValueError, match=r"sign_matmul: out overlaps the input x"):
     K.sign_matmul(buf[:6].reshape(2, 3), _x(3, 2), out=buf[2:6].reshape(2, 2))
+  # byte ranges: sharing only the input's last element is an overlap, adjacency is not
+  with pytest.raises(ValueError, match=r"sign_matmul: out overlaps the input x"):
+    K.sign_matmul(buf[:6].reshape(2, 3), _x(3, 2), out=buf[5:9].reshape(2, 2))
+  K.sign_matmul(buf[:6].reshape(2, 3), _x(3, 2), out=buf[6:10].reshape(2, 2))
   h = np.zeros(4, np.float16)
   with pytest.raises(ValueError, match=r"adam_f16: w and m overlap"):
     K.adam_f16(h, h, np.zeros(4, np.float16), _x(4), step=1)
