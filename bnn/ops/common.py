@@ -65,7 +65,9 @@ def tie(x: jax.Array, *deps: jax.Array) -> jax.Array:
     gradient's temporaries (transposed copies of x and dy) are gone by then;
   - tie(x_slice, dw): a conv's weight gradient over the next slice of the batch
     starts after the slices before it are summed, so that one slice's transposed
-    copies exist at a time.
+    copies exist at a time;
+  - tie(dw, dx): the weight gradient, and so the weight update, comes after the
+    backward pass's last read of W (proposed_weight_grad).
   lax.optimization_barrier does not keep this order on the CPU; a data dependency
   does. x is changed only where one of a dep's first 16 elements is NaN (integers:
   XOR 1, floats: NaN), when the gradient is NaN anyway. The maximum of 16 is a
@@ -87,12 +89,40 @@ def binarize_weights_ste(w: jax.Array) -> jax.Array:
   return _STE_SIGN(w)
 
 
-def proposed_weight_grad(dw_raw: jax.Array, w: jax.Array, q: GradientQuantizer) -> jax.Array:
+def proposed_weight_grad(dw_raw: jax.Array, w: jax.Array, q: GradientQuantizer,
+                         after: jax.Array | None = None) -> jax.Array:
   """METHOD.md: dW = q(dW_raw) (sign(dW_raw)/sqrt(N) by default), zeroed where
-  |W| > 1 (the clip STE), rounded to float16."""
-  dw = jnp.where(jnp.abs(w) <= 1, q(dw_raw), jnp.zeros((), dw_raw.dtype))
-  return dw.astype(jnp.float16).astype(w.dtype)
+  |W| > 1 (the clip STE), rounded to float16.
+
+  The result is computed once, into memory (``materialize``), after ``after`` (the
+  layer's dx; None for a first layer, whose dx is not used). Both are about the
+  optimizer that reads it: the weight update and the moment update then read the
+  float16 gradient, not dW_raw and the old weights, and the weight update waits for
+  the backward pass's last read of W, so XLA updates W in place instead of copying
+  it at the start of the step (MLP, all 16-bit: 3.9 -> 3.0 MiB with stored_ema's
+  materialized moment; BinaryNet 187.8 -> 174.7 MiB)."""
+  dw = jnp.where(jnp.abs(w) <= 1, q(dw_raw), jnp.zeros((), dw_raw.dtype)).astype(jnp.float16)
+  if after is not None:
+    dw = tie(dw, after)
+  return materialize(dw).astype(w.dtype)
+
+
+def materialize(x: jax.Array) -> jax.Array:
+  """x, computed once into a buffer of its own, which its consumers read.
+
+  XLA fuses a cheap elementwise producer into every consumer and recomputes it there
+  from the producer's inputs, which then stay alive until the last consumer; an
+  in-place update of one of those inputs has to wait for it, or XLA copies the
+  input first. A conditional is a boundary that fusion does not cross: its operand
+  is computed into memory. The predicate depends on the data, so XLA cannot remove
+  it; both branches return x (the NaN branch adds 0, which keeps NaN NaN, only so
+  that the branches differ: XLA drops a conditional whose branches are the same).
+  lax.optimization_barrier would say this directly, but the CPU compiler removes it
+  before fusion."""
+  if not x.size:
+    return x
+  return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: v + 0, lambda v: v, x)
 
 
 __all__ = ["METHODS", "binarize_weights_ste", "check_key", "check_method", "check_not_empty",
-           "gradient_quantizer", "proposed_weight_grad", "sign"]
+           "gradient_quantizer", "materialize", "proposed_weight_grad", "sign"]

@@ -94,7 +94,8 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
     wb = common.tie(wb, dw_raw)
     dx, = jax.linear_transpose(lambda a: conv(a, wb), x)(dy)
     dw_raw = scaled_weight_grad(dw_raw, fq, w)
-    return dx.astype(x.dtype), common.proposed_weight_grad(dw_raw, w, wq), None
+    return dx.astype(x.dtype), common.proposed_weight_grad(
+        dw_raw, w, wq, None if first_layer else dx), None
 
   binary.defvjp(fwd, bwd)
   return binary

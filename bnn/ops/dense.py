@@ -104,12 +104,14 @@ def _proposed(first_layer: bool, gq: GradientQuantizer, wq: GradientQuantizer,
 
   def bwd(res, dy):
     kept, w, key = res
-    x = kept if first_layer else unpack(common.tie(kept, dy), w.shape[0], dy.dtype)
+    kept = common.tie(kept, dy)  # unpacked (first layer: recomputed from the batch) here
+    x = kept if first_layer else unpack(kept, w.shape[0], dy.dtype)
     dy = gq(dy, key)
     dx = dy @ binary_weights(fq, common.tie(w, dy), dy.dtype).T  # not the forward's, kept alive
     dw_raw = x.reshape(-1, w.shape[0]).T @ dy.reshape(-1, w.shape[1])
     dw_raw = scaled_weight_grad(dw_raw, fq, w)
-    return dx.astype(x.dtype), common.proposed_weight_grad(dw_raw, w, wq), None
+    return dx.astype(x.dtype), common.proposed_weight_grad(
+        dw_raw, w, wq, None if first_layer else dx), None
 
   dense.defvjp(fwd, bwd)
   return dense

