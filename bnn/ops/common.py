@@ -118,7 +118,8 @@ def materialize(x: jax.Array) -> jax.Array:
   it; both branches return x (the NaN branch adds 0, which keeps NaN NaN, only so
   that the branches differ: XLA drops a conditional whose branches are the same).
   lax.optimization_barrier would say this directly, but the CPU compiler removes it
-  before fusion."""
+  before fusion. For integers the predicate is a constant and XLA removes the
+  conditional; what this is for (gradients, moments) is floating point."""
   if not x.size:
     return x
   return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: v + 0, lambda v: v, x)
