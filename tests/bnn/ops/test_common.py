@@ -44,7 +44,7 @@ def test_tie_keeps_unpacking_out_of_the_forward_pass():
 
   compiled = jax.jit(jax.grad(loss)).lower(ws, x).compile()
   temps = compiled.memory_analysis().temp_size_in_bytes
-  assert temps < 4 * x.nbytes, temps  # without the ties: 5.06 x.nbytes; with: 3.09
+  assert temps < 3.5 * x.nbytes, temps  # without the ties: 5.06 x.nbytes; with: 3.09
 
 
 @pytest.mark.parametrize("x", [
