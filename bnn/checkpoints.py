@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -140,6 +141,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
     metadata = mngr.item_metadata(step)
     stored = getattr(metadata, "tree", metadata)
   except Exception as e:
+    _drop_closed_loop_reports()
     raise CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: {_first_line(e)}; "
                               f"{hint}") from e
   if stored is None:
@@ -153,8 +155,31 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:
+    _drop_closed_loop_reports()
     raise CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: {_first_line(e)}; "
                               f"{hint}") from e
+
+
+def _drop_closed_loop_reports() -> None:
+  """Called after a failed read of a checkpoint. Orbax closes its event loop when the
+  first read fails, while tensorstore goes on completing the reads it had started; each
+  completion then
+  reports RuntimeError('Event loop is closed') through sys.unraisablehook, dozens of
+  tracebacks on stderr after the one clear CheckpointReadError. This drops exactly
+  those reports, from now on (they arrive over the next seconds), and passes every
+  other one to the hook that was there."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_reports", False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if type(error) is RuntimeError and str(error) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook.drops_closed_loop_reports = True
+  sys.unraisablehook = hook
 
 
 def _get(tree: dict, dotted: str):
