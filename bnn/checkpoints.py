@@ -163,11 +163,10 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
 def _drop_closed_loop_reports() -> None:
   """Called after a failed read of a checkpoint. Orbax closes its event loop when the
   first read fails, while tensorstore goes on completing the reads it had started; each
-  completion then
-  reports RuntimeError('Event loop is closed') through sys.unraisablehook, dozens of
-  tracebacks on stderr after the one clear CheckpointReadError. This drops exactly
-  those reports, from now on (they arrive over the next seconds), and passes every
-  other one to the hook that was there."""
+  completion then reports RuntimeError('Event loop is closed') through
+  sys.unraisablehook: dozens of tracebacks on stderr after the one clear
+  CheckpointReadError. This drops exactly those reports, from now on (they arrive over
+  the next seconds), and passes every other one to the hook that was there."""
   previous = sys.unraisablehook
   if getattr(previous, "drops_closed_loop_reports", False):
     return
