@@ -137,13 +137,17 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   older = [s for s in mngr.all_steps() if s < step]
   hint = (f"the older checkpoints there are steps {older}; move {where} away to resume "
           f"from step {older[-1]}" if older else "there is no older checkpoint")
+
+  def unreadable(e: Exception) -> CheckpointReadError:
+    _drop_closed_loop_reports()
+    return CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: "
+                               f"{_first_line(e)}; {hint}")
+
   try:
     metadata = mngr.item_metadata(step)
     stored = getattr(metadata, "tree", metadata)
   except Exception as e:
-    _drop_closed_loop_reports()
-    raise CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: {_first_line(e)}; "
-                              f"{hint}") from e
+    raise unreadable(e) from e
   if stored is None:
     raise CheckpointReadError(f"checkpoint {where} has no readable metadata; {hint}")
   differences = tree_differences(stored, abstract_state)
@@ -155,9 +159,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   try:
     return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
   except Exception as e:
-    _drop_closed_loop_reports()
-    raise CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: {_first_line(e)}; "
-                              f"{hint}") from e
+    raise unreadable(e) from e
 
 
 def _drop_closed_loop_reports() -> None:
