@@ -139,48 +139,55 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
           f"from step {older[-1]}" if older else "there is no older checkpoint")
 
   def unreadable(e: Exception) -> CheckpointReadError:
-    _drop_closed_loop_reports()
     return CheckpointReadError(f"checkpoint {where} is corrupt or unreadable: "
                                f"{_first_line(e)}; {hint}")
 
-  try:
-    metadata = mngr.item_metadata(step)
-    stored = getattr(metadata, "tree", metadata)
-  except Exception as e:
-    raise unreadable(e) from e
-  if stored is None:
-    raise CheckpointReadError(f"checkpoint {where} has no readable metadata; {hint}")
-  differences = tree_differences(stored, abstract_state)
-  if differences:
-    raise CheckpointMismatchError(
-        f"checkpoint {where} was written by a different model or optimizer than this "
-        f"config builds:\n  " + "\n  ".join(differences) +
-        "\nUse another --workdir, or the config the checkpoint was trained with.")
-  try:
-    return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
-  except Exception as e:
-    raise unreadable(e) from e
+  with _closed_loop_reports_dropped_after_a_failure():
+    try:
+      metadata = mngr.item_metadata(step)
+      stored = getattr(metadata, "tree", metadata)
+    except Exception as e:
+      raise unreadable(e) from e
+    if stored is None:
+      raise CheckpointReadError(f"checkpoint {where} has no readable metadata; {hint}")
+    differences = tree_differences(stored, abstract_state)
+    if differences:
+      raise CheckpointMismatchError(
+          f"checkpoint {where} was written by a different model or optimizer than this "
+          f"config builds:\n  " + "\n  ".join(differences) +
+          "\nUse another --workdir, or the config the checkpoint was trained with.")
+    try:
+      return mngr.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:
+      raise unreadable(e) from e
 
 
-def _drop_closed_loop_reports() -> None:
-  """Called after a failed read of a checkpoint. Orbax closes its event loop when the
-  first read fails, while tensorstore goes on completing the reads it had started; each
-  completion then reports RuntimeError('Event loop is closed') through
-  sys.unraisablehook: dozens of tracebacks on stderr after the one clear
-  CheckpointReadError. This drops exactly those reports, from now on (they arrive over
-  the next seconds), and passes every other one to the hook that was there."""
+@contextlib.contextmanager
+def _closed_loop_reports_dropped_after_a_failure():
+  """Orbax closes its event loop when the first read of a checkpoint fails, while
+  tensorstore goes on completing the reads it had started; each completion then reports
+  RuntimeError('Event loop is closed') through sys.unraisablehook: dozens of tracebacks
+  on stderr, over the next seconds, after the one clear CheckpointReadError.
+
+  The filter is installed before the reads start: a completion can come from another
+  thread before the failure has even reached this one. If the reads succeed it is
+  removed again; after a failure it stays, dropping exactly those reports and passing
+  every other one to the hook that was there."""
   previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_reports", False):
-    return
+  installed = not getattr(previous, "drops_closed_loop_reports", False)
+  if installed:
 
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if type(error) is RuntimeError and str(error) == "Event loop is closed":
-      return
-    previous(unraisable)
+    def hook(unraisable):
+      error = unraisable.exc_value
+      if type(error) is RuntimeError and str(error) == "Event loop is closed":
+        return
+      previous(unraisable)
 
-  hook.drops_closed_loop_reports = True
-  sys.unraisablehook = hook
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
+  yield  # an exception from the reads ends the generator here, leaving the filter on
+  if installed and sys.unraisablehook is hook:
+    sys.unraisablehook = previous
 
 
 def _get(tree: dict, dotted: str):

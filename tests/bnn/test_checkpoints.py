@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -135,23 +136,60 @@ def test_corrupt_checkpoint_is_refused_naming_the_older_one(tmp_path):
   assert int(restored.step) == int(state.step)
 
 
-def test_after_a_failed_read_only_closed_loop_reports_are_dropped(monkeypatch):
+class _ReadFailsAfterAClosedLoopReport:
+  """A checkpoint manager whose read fails the way orbax's does on a corrupt file, with
+  tensorstore's first 'Event loop is closed' report arriving, from another thread,
+  before the failure reaches the caller (the order CI once saw)."""
+  directory = "/nowhere/checkpoints"
+
+  def all_steps(self):
+    return [4, 8]
+
+  def item_metadata(self, step):
+    class ClosedLoopCallback:
+      def __del__(self):
+        raise RuntimeError("Event loop is closed")
+
+    worker = threading.Thread(target=ClosedLoopCallback)  # reported as it is dropped
+    worker.start()
+    worker.join()
+    raise OSError("tensorstore: truncated chunk")
+
+
+def _report(error):
+  return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
+                               err_msg=None, object=None)
+
+
+def test_only_closed_loop_reports_are_dropped_during_and_after_a_failed_read(monkeypatch):
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", seen.append)
-  ckpt._drop_closed_loop_reports()
-  first = sys.unraisablehook
-  ckpt._drop_closed_loop_reports()  # a second failure does not stack a second hook
-  assert sys.unraisablehook is first
+  hooks = []
+  for _ in range(2):
+    with pytest.raises(ckpt.CheckpointReadError, match=r"older checkpoints there are steps \[4\]"):
+      ckpt.restore(_ReadFailsAfterAClosedLoopReport(), 8, abstract_state=None)
+    hooks.append(sys.unraisablehook)
+  assert seen == []  # the reports that came before each failure were dropped too
+  assert hooks[0] is hooks[1]  # a second failure does not stack a second filter
 
-  def report(error):
-    return types.SimpleNamespace(exc_type=type(error), exc_value=error, exc_traceback=None,
-                                 err_msg=None, object=None)
-
-  sys.unraisablehook(report(RuntimeError("Event loop is closed")))
-  other = [report(RuntimeError("something else")), report(ValueError("Event loop is closed"))]
+  sys.unraisablehook(_report(RuntimeError("Event loop is closed")))  # seconds later
+  other = [_report(RuntimeError("something else")), _report(ValueError("Event loop is closed"))]
   for r in other:
     sys.unraisablehook(r)
   assert seen == other
+
+
+def test_a_successful_read_leaves_the_unraisable_hook_as_it_was(tmp_path, monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  manager = ckpt.manager(tmp_path / "checkpoints", ocp.CheckpointManagerOptions())
+  state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+  ckpt.save(manager, 1, state, force=True)
+  ckpt.wait(manager)
+  restored = ckpt.restore(manager, 1, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
+  manager.close()
+  np.testing.assert_array_equal(restored["w"], state["w"])
+  assert sys.unraisablehook == seen.append
 
 
 # --- non-finite loss ---------------------------------------------------------------
