@@ -26,6 +26,11 @@ def test_tie_marks_a_nan_dependency():
   np.testing.assert_array_equal(common.tie(bits, late_nan), [1, 0, 255])
 
 
+def test_tie_refuses_an_integer_dependency_which_could_not_order_anything():
+  with pytest.raises(ValueError, match="dtype int8; expected floating point"):
+    common.tie(jnp.ones(3), jnp.ones(3, jnp.int8))
+
+
 def test_tie_keeps_unpacking_out_of_the_forward_pass():
   """With the tie, the compiled gradient of sign -> dense keeps no float tensor
   of the unpacked activation's size from the forward into the backward pass: the
