@@ -25,6 +25,14 @@
  *
  * The byte order of a packed row is that of a little-endian machine (byte t = bits
  * 8t .. 8t + 7), which x86 is.
+ *
+ * On an AMD Zen 1 the 3 x 2 loop takes about 19 cycles per byte of a: 12 lookups, 12
+ * byte adds, 6 table broadcasts and 4 loads of b are about 70 macro-ops (two per 256-bit
+ * instruction), near the 4 a cycle Zen 1 dispatches to its vector units. Timed there and
+ * not kept: tables stored twice over and loaded whole instead of broadcast (no change);
+ * a fourth row of a by scalar popcnt in the same loop, for the idle integer units (no
+ * faster: the front end is full); one chunk of 32 bytes instead of two of 16 (4% faster
+ * at k = 256, but wrong: a byte cannot hold the 257 possible counts of 256 bits).
  */
 #include <stdlib.h>
 
