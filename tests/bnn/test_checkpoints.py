@@ -186,7 +186,8 @@ def test_a_successful_read_leaves_the_unraisable_hook_as_it_was(tmp_path, monkey
   state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
   ckpt.save(manager, 1, state, force=True)
   ckpt.wait(manager)
-  restored = ckpt.restore(manager, 1, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state))
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  restored = ckpt.restore(manager, 1, abstract)
   manager.close()
   np.testing.assert_array_equal(restored["w"], state["w"])
   assert sys.unraisablehook == seen.append
