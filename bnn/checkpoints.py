@@ -46,6 +46,10 @@ class CheckpointMismatchError(CheckpointError, ValueError):
   pass
 
 
+class NoCheckpointError(CheckpointError, FileNotFoundError):
+  """The workdir has no checkpoint to evaluate or export (a FileNotFoundError too)."""
+
+
 def manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
   """A manager whose items are StandardSave trees (so their metadata can be read
   before restoring)."""

@@ -210,10 +210,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Test metrics of the best-validation checkpoint (else the newest) in workdir."""
   exp = Experiment(config, workdir)
   for which in ("best", "checkpoints"):
+    if not (exp.workdir / which).is_dir():  # a mistyped workdir is not created
+      continue
     with contextlib.closing(exp.checkpoints(which)) as manager:
       step = manager.best_step() if which == "best" else manager.latest_step()
       state = None if step is None else exp.restore(manager, step)
     if state is not None:
       return {"checkpoint": which, "step": step, "test": exp.evaluate(state, "test")}
-  raise FileNotFoundError(f"no checkpoint in {exp.workdir}/best or {exp.workdir}/checkpoints; "
-                          f"train first: python main.py --mode train --workdir {exp.workdir}")
+  raise ckpt.NoCheckpointError(f"no checkpoint in {exp.workdir}/best or {exp.workdir}/checkpoints;"
+                               f" train first: python main.py --mode train --workdir {exp.workdir}")

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 
 import quantizers
+from bnn import checkpoints as ckpt
 from bnn import layers as bnn_layers
 from bnn import optim
 from bnn.models.convnet import ConvNet
@@ -280,19 +281,24 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
   if which not in ("latest", "best"):
     raise ExportError(f"which={which!r}; expected 'latest' or 'best'")
   exp = _experiment(config, workdir)
-  manager = exp.checkpoints("best" if which == "best" else "checkpoints")
-  step = manager.best_step() if which == "best" else manager.latest_step()
+  directory = exp.workdir / ("best" if which == "best" else "checkpoints")
+  step = None
+  if directory.is_dir():  # a mistyped workdir is not created
+    with contextlib.closing(exp.checkpoints(directory.name)) as manager:
+      step = manager.best_step() if which == "best" else manager.latest_step()
+      state = None if step is None else exp.restore(manager, step)
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}; train first: python "
-                            f"main.py --mode train --workdir {exp.workdir}")
-  state = exp.restore(manager, step)
-  manager.close()
+    raise ckpt.NoCheckpointError(f"no checkpoint in {directory}; train first: python "
+                                 f"main.py --mode train --workdir {exp.workdir}")
   meta, tensors, rounded = state_to_bundle(
       exp.model, state, input_shape=exp.train_data.image_shape, base_lr=config.optimizer.lr,
       source={"workdir": str(exp.workdir), "checkpoint": which, "step": int(step),
               "dataset": config.dataset.name})
   path = Path(bundle_path or exp.workdir / "model.bnnpi")
-  bundle_lib.write(path, meta, tensors)
+  try:
+    bundle_lib.write(path, meta, tensors)
+  except OSError as e:
+    raise ExportError(f"cannot write the bundle {path}: {e.strerror or e}") from None
   if rounded:
     print("note: latent weights, betas and Adam moments were float32 in the checkpoint; "
           "the bundle stores them rounded to float16")
@@ -304,7 +310,10 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
 def import_bundle(config, bundle_path, workdir) -> int:
   """A bundle -> an orbax checkpoint in <workdir>/checkpoints at the bundle's training
   step. Returns that step."""
-  b = bundle_lib.read(bundle_path)
+  try:
+    b = bundle_lib.read(bundle_path)
+  except OSError as e:
+    raise ExportError(f"cannot read the bundle {bundle_path}: {e.strerror or e}") from None
   exp = _experiment(config, workdir)
   step = b.graph.train_step
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel

@@ -108,3 +108,22 @@ def test_bad_override_fails_before_compiling(tmp_path, override, message):
   assert proc.returncode != 0
   assert message in out and "Traceback" not in out, out
   assert "Compiling" not in out and "compil" not in out.lower() and not (tmp_path / "bad" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("mode,extra,message", [
+    ("eval", [], "NoCheckpointError: no checkpoint in"),
+    ("export", [], "NoCheckpointError: no checkpoint in"),
+    ("import", ["--bundle=/nonexistent/m.bnnpi"], "cannot read the bundle /nonexistent/m.bnnpi"),
+])
+def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path, mode, extra,
+                                                                       message):
+  """A mistyped workdir or bundle: the message, no traceback, and no empty workdir left."""
+  workdir = tmp_path / "typo"
+  proc = _main(workdir, f"--mode={mode}", *extra)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 1
+  assert message in out and "Traceback" not in out, out
+  assert not workdir.exists()
+  if mode != "import":
+    assert "train first: python main.py --mode train" in out
+

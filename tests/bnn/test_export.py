@@ -289,12 +289,12 @@ def test_layer_graph_of_the_paper_models(name, flat):
   assert want == params
 
 
-def _main(*args, timeout=600):
+def _main(*args, timeout=600, returncode=0):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
   proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout, check=False)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return proc.stdout
+  assert proc.returncode == returncode, proc.stdout[-3000:] + proc.stderr[-3000:]
+  return proc.stdout + proc.stderr if returncode else proc.stdout
 
 
 @pytest.mark.slow
@@ -307,6 +307,12 @@ def test_main_export_pi_train_import_eval(tmp_path):
            "--config.optimizer.state_dtype=float16"]
   first, second = tmp_path / "jax", tmp_path / "imported"
   _main("main.py", "--mode=train", f"--workdir={first}", *flags)
+  blocker = tmp_path / "a_file"  # a bundle path under a file cannot be written
+  blocker.write_text("")
+  out = _main("main.py", "--mode=export", f"--workdir={first}", f"--bundle={blocker}/m.bnnpi",
+              *flags, returncode=1)
+  assert f"ExportError: cannot write the bundle {blocker}/m.bnnpi" in out, out
+  assert "Traceback" not in out and blocker.read_text() == "", out
   _main("main.py", "--mode=export", f"--workdir={first}", f"--bundle={tmp_path}/m.bnnpi",
         *flags)
   data = "/usr/share/datasets/fashion-mnist"
