@@ -143,6 +143,18 @@ def load(path, labels=None, split: str = "test", *, need_labels: bool = True):
   return check(images, y, str(path))
 
 
+def check_float_range(images: np.ndarray, where: str = "images") -> None:
+  """Float images must be finite and in [-1, 1] (the range uint8 pixels are scaled to):
+  pixels in [0, 255] as floats, or a NaN, would give logits and a training step without
+  meaning and no error."""
+  if images.dtype == np.uint8 or images.size == 0:
+    return
+  lo, hi = images.min(), images.max()  # a NaN makes both NaN
+  if not (lo >= -1 and hi <= 1):
+    raise DataError(f"{where}: float images range over [{lo}, {hi}]; expected finite values "
+                    f"in [-1, 1] (or uint8 pixels, which are scaled to x / 127.5 - 1)")
+
+
 def check(images: np.ndarray, labels: np.ndarray | None, where: str = "data"):
   """Checks and returns (images, int64 labels or None)."""
   if images.ndim < 2 or images.shape[0] == 0:
@@ -150,6 +162,7 @@ def check(images: np.ndarray, labels: np.ndarray | None, where: str = "data"):
   if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
     raise DataError(f"{where}: images have dtype {images.dtype}; expected uint8 pixels or "
                     f"floats in [-1, 1]")
+  check_float_range(images, where)
   if labels is None:
     return images, None
   if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):

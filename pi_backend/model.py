@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pi_backend import bundle as bundle_lib
+from pi_backend import data
 from pi_backend import kernels as K
 from pi_backend import layers as L
 
@@ -56,7 +57,7 @@ class Model:
   def prepare(self, images: np.ndarray) -> L.Batch:
     """(B, ...) uint8 pixels (scaled to x / 127.5 - 1 where used) or floats in [-1, 1]
     -> the Batch of the first binary layer (no copy); ValueError when the example size
-    does not match the bundle's input_shape."""
+    does not match the bundle's input_shape or float images are not finite in [-1, 1]."""
     images = np.asarray(images)
     size = int(np.prod(self.graph.input_shape))
     if images.ndim < 1 or int(np.prod(images.shape[1:])) != size:
@@ -66,6 +67,7 @@ class Model:
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
       raise TypeError(f"images have dtype {images.dtype}; expected uint8 pixels or floats "
                       f"in [-1, 1]")
+    data.check_float_range(images)
     # only flatten layers come before the first binary layer (graph.py): a reshape
     first = self.layers[self._first].spec
     return L.Batch(images.reshape((images.shape[0],) + first.in_shape))

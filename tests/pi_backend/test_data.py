@@ -91,3 +91,19 @@ def test_load_errors(tmp_path, arrays):
   np.savez(tmp_path / "int.npz", images=images.astype(np.int16), labels=labels)
   with pytest.raises(data.DataError, match="dtype int16"):
     data.load(tmp_path / "int.npz")
+
+
+
+@pytest.mark.parametrize("bad,shown", [(255.0, r"\[-1.0, 255.0\]"), (np.nan, r"\[nan, nan\]"),
+                                       (-np.inf, r"\[-inf, 1.0\]"), (-1.5, r"\[-1.5, 1.0\]")])
+def test_float_images_outside_minus_one_one_are_refused(tmp_path, arrays, bad, shown):
+  """Float pixels in [0, 255], or a NaN, load without complaint into NumPy but give
+  meaningless logits: refused at load, naming the range found."""
+  images, labels = arrays
+  floats = np.linspace(-1, 1, images.size, dtype=np.float32).reshape(images.shape)
+  np.savez(tmp_path / "ok.npz", images=floats, labels=labels)
+  data.load(tmp_path / "ok.npz")  # [-1, 1] itself is fine
+  floats[3, 2, 1] = bad
+  np.savez(tmp_path / "bad.npz", images=floats, labels=labels)
+  with pytest.raises(data.DataError, match=rf"bad.npz: float images range over {shown}"):
+    data.load(tmp_path / "bad.npz")

@@ -166,12 +166,17 @@ def test_quantizer_choices_run_and_matter():
     (np.zeros((4, 8, 8), np.uint8), np.zeros(3, np.int64), r"expected integers of shape \(4,\)"),
     (np.zeros((4, 8, 8), np.uint8), np.full(4, 10), r"classes in \[0, 9\]"),
     (np.zeros((4, 8, 8), np.uint8), np.zeros(4, np.float32), "dtype float32"),
+    (np.full((4, 8, 8), 255, np.float32), np.zeros(4, np.int64), r"range over \[255.0, 255.0\]"),
+    (np.full((4, 8, 8), np.nan, np.float32), np.zeros(4, np.int64), r"expected finite values"),
 ])
 def test_bad_inputs(images, labels, message):
   model = _model()
   before = copy.deepcopy([a.copy() for a in model.state_arrays()])
   with pytest.raises((ValueError, TypeError), match=message):
     model.train_step(images, labels)
+  if np.issubdtype(images.dtype, np.floating):
+    with pytest.raises(ValueError, match=message):  # inference checks the images too
+      model.logits(images)
   for a, b in zip(model.state_arrays(), before):
     np.testing.assert_array_equal(a, b)  # nothing changed
 
