@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   """Runs the mode; errors a user can fix end the process with their message only."""
-  from bnn import checkpoints, config_validation, data, export
+  from bnn import checkpoints, config_validation, data, export, interrupt
   from pi_backend.errors import BundleError
   expected = (config_validation.ConfigError, checkpoints.CheckpointError, FloatingPointError,
               data.DatasetNotFoundError, data.IdxFormatError, export.ExportError, BundleError)
@@ -45,6 +45,9 @@ def main(argv):
     run(argv)
   except expected as e:
     sys.exit(f"error: {type(e).__name__}: {e}")
+  except interrupt.Interrupted as e:  # SIGINT / SIGTERM during training: saved first
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 def run(argv):

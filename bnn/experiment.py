@@ -32,7 +32,7 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from bnn import checkpoints as ckpt
-from bnn import config_validation, data, distributed, metrics_log, models, optim, train
+from bnn import config_validation, data, distributed, interrupt, metrics_log, models, optim, train
 
 
 def learning_rate(config, state: train.TrainState) -> float:
@@ -155,15 +155,20 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
   window = []
 
   batches = exp.train_data.dataset[start:exp.num_train_steps]
+  # a signal stops the loop after a step, with a checkpoint (one process only: several
+  # would have to agree on the step)
   with tqdm(total=exp.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
             desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar, \
-       ckpt.disk_full_guard(latest):
+       ckpt.disk_full_guard(latest), \
+       interrupt.on_signal(enabled=jax.process_count() == 1) as watch:
     for step, batch in enumerate(batches.to_iter_dataset(), start=start + 1):
       batch = exp.global_batch(batch, config.batch_size)
       state, metrics = step_fn(state, batch["image"], batch["label"])
       window.append(metrics)
+      stop = watch.signum  # read once: a signal may come at any line
       end_of_epoch = step % steps_per_epoch == 0 or step == exp.num_train_steps
-      log_now = step % config.log_every_steps == 0 or step == exp.num_train_steps
+      log_now = (step % config.log_every_steps == 0 or step == exp.num_train_steps
+                 or stop is not None)
       if log_now or end_of_epoch or latest.should_save(step):  # never save a NaN state
         window = jax.device_get(window)  # fetched once, for this check and the log
         losses = [(s, float(m["loss"])) for s, m in enumerate(window, step - len(window) + 1)]
@@ -187,8 +192,14 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
         if main:
           bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): validation accuracy "
                     f"{val['accuracy']:.4f}")
-      ckpt.save(latest, step, state, force=step == exp.num_train_steps)
+      ckpt.save(latest, step, state, force=step == exp.num_train_steps or stop is not None)
       bar.update(1)
+      if stop is not None:
+        ckpt.wait(latest)
+        log.close()
+        raise interrupt.Interrupted(
+            stop, f"{interrupt.name(stop)} at step {step}: saved the checkpoint "
+                  f"{latest.directory / str(step)}; run the same command to resume")
 
   ckpt.wait(latest)
   ckpt.wait(best)

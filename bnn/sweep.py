@@ -3,7 +3,8 @@ its own sub-workdir, one after another or in worker processes; resumable.
 
 Sweep workdir layout:
   sweep.json              the sweep: base config file, variant, resolved base, points
-  runs.jsonl              one line per point started, finished or failed (time, pid)
+  runs.jsonl              one line per point started, finished, failed or interrupted
+                          (time, pid)
   <point>/                the point's experiment workdir (bnn/experiment.py: checkpoints,
                           metrics, results.json), memory.json, and error.txt if it failed
                           (a one-line summary, then the traceback)
@@ -13,7 +14,9 @@ A point is finished when <point>/results.json exists. Running the same command a
 skips finished points, resumes a half-finished one from its checkpoints and retries
 failed ones. Every point's config is checked before anything runs. A point that
 fails (an exception, or its worker process dying) is recorded with its error and the
-others go on.
+others go on. SIGINT or SIGTERM stops the sweep: the sweep passes SIGTERM on to its
+workers, each running point saves the step it is at (bnn/interrupt.py), and none is
+recorded as failed.
 """
 from __future__ import annotations
 
@@ -23,13 +26,14 @@ import fcntl
 import json
 import os
 import re
+import signal
 import time
 import traceback
 from pathlib import Path
 
 import ml_collections
 
-from bnn import config_validation
+from bnn import config_validation, interrupt
 
 NAME_KEY = "name"  # a point's optional explicit name; every other key is a config override
 
@@ -155,6 +159,9 @@ def run_point(point: Point, workdir: Path) -> str:
   start = time.time()
   try:
     experiment.train_and_evaluate(point.config, point_dir)
+  except interrupt.Interrupted:  # saved; the sweep stops, to resume this point later
+    _log(workdir, point.name, "interrupted")
+    raise
   except Exception as e:  # noqa: BLE001  (recorded; the other points go on)
     summary = f"{type(e).__name__}: " + (str(e).strip().splitlines() or [""])[0]
     (point_dir / "error.txt").write_text(f"{summary}\n\n{traceback.format_exc()}")
@@ -170,13 +177,15 @@ def _child(point: Point, workdir: str, parent: int) -> None:
   """Worker process body: dies with the sweep process (Linux), then runs the point."""
   try:
     import ctypes
-    import signal
     ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
   except (OSError, AttributeError):
     pass
   if os.getppid() != parent:  # the parent died before prctl took effect
     os._exit(1)
-  run_point(point, Path(workdir))
+  try:
+    run_point(point, Path(workdir))
+  except interrupt.Interrupted as e:  # saved and logged: no traceback
+    raise SystemExit(e.exit_code) from None
 
 
 def _run_in_processes(todo: list[Point], workdir: Path, workers: int, done) -> None:
@@ -185,23 +194,37 @@ def _run_in_processes(todo: list[Point], workdir: Path, workers: int, done) -> N
 
   ctx = multiprocessing.get_context("spawn")
   pending, running = list(todo), {}
-  while pending or running:
-    while pending and len(running) < workers:
-      point = pending.pop(0)
-      proc = ctx.Process(target=_child, args=(point, str(workdir), os.getpid()),
-                         name=f"sweep:{point.name}")
-      proc.start()
-      running[proc.sentinel] = (point, proc)
-    for sentinel in wait(list(running)):
-      point, proc = running.pop(sentinel)
-      proc.join()
-      point_dir = workdir / point.name
-      if proc.exitcode != 0 and not is_finished(point_dir):
-        point_dir.mkdir(parents=True, exist_ok=True)
-        message = f"worker process exited with code {proc.exitcode}"
-        (point_dir / "error.txt").write_text(message + "\n")
-        _log(workdir, point.name, "failed", error=message)
-      done()
+
+  def stop_workers(signum):  # a terminal's Ctrl-C reaches them anyway; SIGTERM may not
+    del signum
+    for _, proc in running.values():
+      if proc.pid is not None and proc.exitcode is None:
+        os.kill(proc.pid, signal.SIGTERM)
+
+  with interrupt.on_signal(forward=stop_workers) as watch:
+    while pending or running:
+      while pending and len(running) < workers and watch.signum is None:
+        point = pending.pop(0)
+        proc = ctx.Process(target=_child, args=(point, str(workdir), os.getpid()),
+                           name=f"sweep:{point.name}")
+        proc.start()
+        running[proc.sentinel] = (point, proc)
+      if not running:
+        break
+      for sentinel in wait(list(running)):
+        point, proc = running.pop(sentinel)
+        proc.join()
+        point_dir = workdir / point.name
+        if proc.exitcode != 0 and not is_finished(point_dir) and watch.signum is None:
+          point_dir.mkdir(parents=True, exist_ok=True)
+          message = f"worker process exited with code {proc.exitcode}"
+          (point_dir / "error.txt").write_text(message + "\n")
+          _log(workdir, point.name, "failed", error=message)
+        done()
+  if watch.signum is not None:
+    raise interrupt.Interrupted(
+        watch.signum, f"{interrupt.name(watch.signum)}: the sweep stopped; its running "
+                      f"points saved their step; run the same command to resume")
 
 
 def run(sweep: ml_collections.ConfigDict, workdir: str | Path, workers: int = 1) -> list[dict]:

@@ -9,14 +9,17 @@
 --data: an .npz (images, labels), an IDX images file (labels from --labels or the
 matching *labels* file) or a directory of MNIST-named IDX files (--split train|test);
 see pi_backend/data.py. ``train`` writes the trained bundle back to --output (default:
-the input bundle), atomically. ``bench`` without a bundle times the kernels
+the input bundle), atomically; SIGINT (Ctrl-C) or SIGTERM stops it after the step under
+way, and it still writes the bundle. ``bench`` without a bundle times the kernels
 (pi_backend/bench.py); with one, a training step and inference, and the memory report.
-Exit status: 0, 1 for a bad file or value (the message says which), 2 for bad arguments.
+Exit status: 0, 1 for a bad file or value (the message says which), 2 for bad arguments,
+130 or 143 for training stopped by SIGINT or SIGTERM (its bundle written).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -150,11 +153,44 @@ def _train(args) -> None:
             f"s/step)", flush=True)
       window.clear()
 
-  if total > first:
-    model.train(images, labels, batch_size=args.batch_size, epochs=args.epochs,
-                max_steps=total - first, progress=progress)
+  stopped = []  # the signal that stops training after the step under way
+
+  def on_signal(signum, frame):  # pylint: disable=unused-argument
+    if stopped:
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt  # a second Ctrl-C: at once, without saving
+      return
+    stopped.append(signum)
+    print(f"\n{signal.Signals(signum).name} received: stopping after this step and "
+          f"writing {output} (Ctrl-C again to quit at once, without it)", file=sys.stderr,
+          flush=True)
+
+  def progress_or_stop(done, n, metrics):
+    progress(done, n, metrics)
+    if stopped:  # a step is whole here: every layer has its update
+      raise _Stop
+
+  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    if total > first:
+      model.train(images, labels, batch_size=args.batch_size, epochs=args.epochs,
+                  max_steps=total - first, progress=progress_or_stop)
+  except _Stop:
+    pass
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
   model.save(output)
   print(f"wrote {output} (training step {model.train_step_count})")
+  if stopped:
+    print(f"stopped by {signal.Signals(stopped[0]).name}; run the same command to go on "
+          f"from {output}", file=sys.stderr)
+    return 128 + stopped[0]
+  return 0
+
+
+class _Stop(Exception):
+  """Raised from the progress callback to end training after a whole step."""
 
 
 def _bench(args) -> None:
@@ -196,11 +232,11 @@ def main(argv=None) -> int:
   from pi_backend.data import DataError  # pylint: disable=import-outside-toplevel
   from pi_backend.errors import BundleError  # pylint: disable=import-outside-toplevel
   try:
-    {"infer": _infer, "eval": _eval, "train": _train, "bench": _bench}[args.command](args)
+    code = {"infer": _infer, "eval": _eval, "train": _train, "bench": _bench}[args.command](args)
   except (BundleError, DataError, FileNotFoundError, ValueError, TypeError, OSError) as e:
     print(f"python -m pi_backend {args.command}: error: {e}", file=sys.stderr)
     return 1
-  return 0
+  return code or 0
 
 
 if __name__ == "__main__":

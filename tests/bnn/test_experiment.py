@@ -1,6 +1,7 @@
 """End to end: main.py in real processes, checkpoints on disk, exact resume."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,15 +64,31 @@ def _kill_during_a_checkpoint_write(workdir, after_step: int, attempts: int = 3)
   pytest.fail(f"no kill landed during a checkpoint write in {attempts} attempts")
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """The workdir of an uninterrupted run of SMALL."""
+  workdir = tmp_path_factory.mktemp("reference")
+  run = _main(workdir)
+  out, _ = run.communicate(timeout=600)
+  assert run.returncode == 0, out
+  return workdir
+
+
+def _assert_same_final_state(reference, workdir):
+  step_a, params_a, opt_a = _final_params(reference)
+  step_b, params_b, opt_b = _final_params(workdir)
+  assert step_a == step_b == 60
+  for a, b in zip(_leaves((params_a, opt_a)), _leaves((params_b, opt_b))):
+    np.testing.assert_array_equal(a, b)
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train_steps = [r["step"] for r in lines if r["split"] == "train"]
+  assert train_steps == list(range(1, 61))  # no duplicates after resume
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(tmp_path):
-  reference = _main(tmp_path / "reference")
-  out, _ = reference.communicate(timeout=600)
-  assert reference.returncode == 0, out
-
+def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(tmp_path, reference):
   _kill_during_a_checkpoint_write(tmp_path / "killed", after_step=22)
-  metrics = tmp_path / "killed" / "metrics.jsonl"
   checkpoints = sorted(int(p.name) for p in (tmp_path / "killed" / "checkpoints").iterdir()
                        if p.name.isdigit())
   assert checkpoints and max(checkpoints) < 60, checkpoints
@@ -85,13 +102,40 @@ def test_sigkill_during_checkpoint_write_then_resume_is_bit_identical(tmp_path):
   assert resumed.returncode == 0, out
   assert "resuming from step" in out
 
-  step_a, params_a, opt_a = _final_params(tmp_path / "reference")
-  step_b, params_b, opt_b = _final_params(tmp_path / "killed")
-  assert step_a == step_b == 60
-  for a, b in zip(_leaves((params_a, opt_a)), _leaves((params_b, opt_b))):
-    np.testing.assert_array_equal(a, b)
-  train_lines = [json.loads(l) for l in metrics.read_text().splitlines() if '"train"' in l]
-  assert [r["step"] for r in train_lines] == list(range(1, 61))  # no duplicates after resume
+  _assert_same_final_state(reference, tmp_path / "killed")
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_step_it_stopped_at_and_resume_is_bit_identical(tmp_path, reference,
+                                                                            signum):
+  """Ctrl-C or a preemption's SIGTERM: the run finishes its step, saves it (not only the
+  last multiple of checkpoint_every_steps), exits with 128 + signum and no traceback;
+  the same command then goes on to the uninterrupted run's final state."""
+  workdir = tmp_path / "interrupted"
+  proc = _main(workdir)
+  metrics, deadline = workdir / "metrics.jsonl", time.time() + 600
+  while proc.poll() is None and time.time() < deadline and not (
+      metrics.exists() and metrics.read_text().count('"train"') >= 12):
+    time.sleep(0.02)
+  proc.send_signal(signum)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 128 + signum, out
+  found = re.search(rf"stopped: {signal.Signals(signum).name} at step (\d+): saved the "
+                    rf"checkpoint \S+/checkpoints/(\d+); run the same command to resume", out)
+  assert found and found[1] == found[2] and "Traceback" not in out, out
+  step = int(found[1])
+  assert 12 <= step < 60, step
+  manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
+  assert manager.latest_step() == step
+  manager.close()
+
+  resumed = _main(workdir)
+  out, _ = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, out
+  assert f"resuming from step {step}" in out
+  _assert_same_final_state(reference, workdir)
 
 
 # The command line end to end, one case per kind of error; the values themselves are

@@ -202,12 +202,13 @@ def test_failing_point_is_recorded_and_the_others_run(tmp_path):
   assert sorted(starts) == ["broken", "broken", "ok"]
 
 
-def _sweep_process(workdir):
+def _sweep_process(workdir, steps=12, every=3, *extra):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
   return subprocess.Popen(
       [sys.executable, "main.py", "--mode=sweep", f"--workdir={workdir}",
        "--config=configs/sweeps/fashion_mnist_method.py:quick",
-       "--config.base.num_train_steps=12", "--config.base.checkpoint_every_steps=3"],
+       f"--config.base.num_train_steps={steps}", f"--config.base.checkpoint_every_steps={every}",
+       *extra],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -242,6 +243,31 @@ def test_sigkill_then_restart_skips_finished_points_and_resumes(tmp_path):
   assert [(r["point"], r["status"]) for r in _csv(w)] == [("standard", "finished"),
                                                           ("proposed", "finished")]
   assert (w / "results.md").exists() and (w / "accuracy_vs_memory.png").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_sigterm_to_a_sweep_stops_its_workers_with_checkpoints(tmp_path):
+  """A preempted sweep (SIGTERM to the main process only): it passes the signal on to
+  its two workers, which save the step they are at (there is no periodic checkpoint
+  before step 1000), and stops without recording a failure."""
+  w = tmp_path / "w"
+  proc = _sweep_process(w, 3000, 1000, "--sweep_workers=2", "--config.base.log_every_steps=1")
+  logs, deadline = [w / p / "metrics.jsonl" for p in ("standard", "proposed")], time.time() + 300
+  while proc.poll() is None and time.time() < deadline and not all(
+      m.exists() and m.read_text().count('"train"') >= 5 for m in logs):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 143, out
+  assert "stopped: SIGTERM: the sweep stopped" in out and "Traceback" not in out, out
+  for point in ("standard", "proposed"):
+    steps = [int(p.name) for p in (w / point / "checkpoints").iterdir() if p.name.isdigit()]
+    assert 5 <= max(steps) < 1000, (point, steps)  # (orbax also keeps step 1)
+    assert not (w / point / "error.txt").exists()
+  events = sorted((e["point"], e["event"]) for e in _events(w))
+  assert events == [("proposed", "interrupted"), ("proposed", "start"),
+                    ("standard", "interrupted"), ("standard", "start")]
 
 
 def test_changed_keys_of_a_finished_point(tmp_path):

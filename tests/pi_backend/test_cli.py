@@ -2,6 +2,7 @@
 small bundle and .npz data, clear errors with exit status 1 (bad files or values) or 2
 (bad arguments), and no jax anywhere in the process."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,33 @@ def test_train_writes_the_bundle_back(files, tmp_path):
   _run("train", "--bundle", copy, "--data", files / "data.npz", "--batch-size", "20",
        "--steps", "2")
   assert Model.load(copy).train_step_count == 8
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_training_after_a_whole_step_and_writes_the_bundle(files, tmp_path,
+                                                                          signum):
+  """Ctrl-C on the Pi, or a SIGTERM: the bundle is still written, holding the state after
+  the last whole step (the same as N steps through the Python API), exit 128 + signum."""
+  out = tmp_path / "stopped.bnnpi"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "pi_backend", "train", "--bundle", str(files / "m.bnnpi"),
+       "--data", str(files / "data.npz"), "--batch-size", "20", "--epochs", "2000",
+       "--output", str(out)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert proc.stdout.readline().startswith(str(files / "m.bnnpi"))  # loaded
+  assert proc.stdout.readline().startswith("step ")  # training
+  proc.send_signal(signum)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signum, stdout + stderr
+  assert f"stopped by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
+  stopped = Model.load(out)
+  steps = stopped.train_step_count
+  assert 0 < steps < 6000 and f"wrote {out} (training step {steps})" in stdout
+  z = np.load(files / "data.npz")
+  again = Model.load(files / "m.bnnpi")
+  again.train(z["images"], z["labels"], batch_size=20, epochs=2000, max_steps=steps)
+  for a, b in zip(stopped.state_arrays(), again.state_arrays()):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_bench_with_a_bundle(files):
