@@ -1,17 +1,19 @@
 """Sweeps: the point helpers, up-front validation, the Pareto front, the report, and
-whole sweeps in real processes (a failing point, a SIGKILL and a resume)."""
+whole sweeps in real processes (a failing point, a SIGKILL and a resume, SIGTERM and
+Ctrl-C)."""
 import csv
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from bnn import sweep, sweep_report
+from bnn import interrupt, sweep, sweep_report
 from configs.sweeps import common
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,6 +270,34 @@ def test_sigterm_to_a_sweep_stops_its_workers_with_checkpoints(tmp_path):
   events = sorted((e["point"], e["event"]) for e in _events(w))
   assert events == [("proposed", "interrupted"), ("proposed", "start"),
                     ("standard", "interrupted"), ("standard", "start")]
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_ctrl_c_during_an_in_process_sweep_stops_it_with_the_point_saved(tmp_path):
+  """Ctrl-C (SIGINT to this process, the sweep's) while its first point trains: the
+  sweep raises Interrupted after that point saved its step; the second never starts."""
+  w = tmp_path / "w"
+  points = [{"name": "a", "num_train_steps": 3000, "checkpoint_every_steps": 1000,
+             "log_every_steps": 1}, {"name": "b"}]
+  metrics = w / "a" / "metrics.jsonl"
+
+  def press_ctrl_c():
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists()
+                                          and metrics.read_text().count('"train"') >= 5):
+      time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGINT)
+
+  presser = threading.Thread(target=press_ctrl_c)
+  presser.start()
+  with pytest.raises(interrupt.Interrupted, match=r"SIGINT at step \d+: saved the checkpoint"):
+    sweep.run(_sweep(points), w)
+  presser.join()
+  steps = [int(p.name) for p in (w / "a" / "checkpoints").iterdir() if p.name.isdigit()]
+  assert 5 <= max(steps) < 1000, steps
+  assert [(e["point"], e["event"]) for e in _events(w)] == [("a", "start"), ("a", "interrupted")]
+  assert not (w / "b").exists() and not (w / "a" / "error.txt").exists()
 
 
 def test_changed_keys_of_a_finished_point(tmp_path):
