@@ -228,5 +228,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       state = None if step is None else exp.restore(manager, step)
     if state is not None:
       return {"checkpoint": which, "step": step, "test": exp.evaluate(state, "test")}
-  raise ckpt.NoCheckpointError(f"no checkpoint in {exp.workdir}/best or {exp.workdir}/checkpoints;"
-                               f" train first: python main.py --mode train --workdir {exp.workdir}")
+  raise ckpt.NoCheckpointError(f"no checkpoint in {exp.workdir}/best or {exp.workdir}/checkpoints; "
+                               f"train first: python main.py --mode train --workdir {exp.workdir}")

@@ -118,7 +118,7 @@ def _eval(args) -> None:
         f"({time.perf_counter() - t0:.2f} s)")
 
 
-def _train(args) -> None:
+def _train(args) -> int:
   from pi_backend import memory  # pylint: disable=import-outside-toplevel
   rss_before = memory.peak_rss_bytes()
   model, images, labels = _load(args)
