@@ -37,7 +37,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   """Runs the mode; errors a user can fix end the process with their message only."""
-  from bnn import checkpoints, config_validation, data, export, interrupt
+  from bnn import checkpoints, config_validation, data, export
+  from pi_backend import interrupt
   from pi_backend.errors import BundleError
   expected = (config_validation.ConfigError, checkpoints.CheckpointError, FloatingPointError,
               data.DatasetNotFoundError, data.IdxFormatError, export.ExportError, BundleError)

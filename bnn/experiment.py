@@ -32,7 +32,8 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from bnn import checkpoints as ckpt
-from bnn import config_validation, data, distributed, interrupt, metrics_log, models, optim, train
+from bnn import config_validation, data, distributed, metrics_log, models, optim, train
+from pi_backend import interrupt
 
 
 def learning_rate(config, state: train.TrainState) -> float:
@@ -160,7 +161,8 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
   with tqdm(total=exp.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
             desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar, \
        ckpt.disk_full_guard(latest), \
-       interrupt.on_signal(enabled=jax.process_count() == 1) as watch:
+       interrupt.on_signal("after this step, with a checkpoint",
+                           enabled=jax.process_count() == 1) as watch:
     for step, batch in enumerate(batches.to_iter_dataset(), start=start + 1):
       batch = exp.global_batch(batch, config.batch_size)
       state, metrics = step_fn(state, batch["image"], batch["label"])

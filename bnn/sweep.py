@@ -15,7 +15,7 @@ skips finished points, resumes a half-finished one from its checkpoints and retr
 failed ones. Every point's config is checked before anything runs. A point that
 fails (an exception, or its worker process dying) is recorded with its error and the
 others go on. SIGINT or SIGTERM stops the sweep: the sweep passes SIGTERM on to its
-workers, each running point saves the step it is at (bnn/interrupt.py), and none is
+workers, each running point saves the step it is at (pi_backend/interrupt.py), and none is
 recorded as failed.
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import ml_collections
 
-from bnn import config_validation, interrupt
+from bnn import config_validation
+from pi_backend import interrupt
 
 NAME_KEY = "name"  # a point's optional explicit name; every other key is a config override
 
@@ -201,7 +202,8 @@ def _run_in_processes(todo: list[Point], workdir: Path, workers: int, done) -> N
       if proc.pid is not None and proc.exitcode is None:
         os.kill(proc.pid, signal.SIGTERM)
 
-  with interrupt.on_signal(forward=stop_workers) as watch:
+  with interrupt.on_signal("once the running points have saved their step",
+                           forward=stop_workers) as watch:
     while pending or running:
       while pending and len(running) < workers and watch.signum is None:
         point = pending.pop(0)

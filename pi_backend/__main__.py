@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -153,44 +152,27 @@ def _train(args) -> int:
             f"s/step)", flush=True)
       window.clear()
 
-  stopped = []  # the signal that stops training after the step under way
+  from pi_backend import interrupt  # pylint: disable=import-outside-toplevel
+  with interrupt.on_signal(f"after this step, writing {output}") as watch:
 
-  def on_signal(signum, frame):  # pylint: disable=unused-argument
-    if stopped:
-      if signum == signal.SIGINT:
-        raise KeyboardInterrupt  # a second Ctrl-C: at once, without saving
-      return
-    stopped.append(signum)
-    print(f"\n{signal.Signals(signum).name} received: stopping after this step and "
-          f"writing {output} (Ctrl-C again to quit at once, without it)", file=sys.stderr,
-          flush=True)
+    def progress_or_stop(done, n, metrics):
+      progress(done, n, metrics)
+      if watch.signum is not None:  # a step is whole here: every layer has its update
+        raise interrupt.Interrupted(watch.signum, "training stopped")
 
-  def progress_or_stop(done, n, metrics):
-    progress(done, n, metrics)
-    if stopped:  # a step is whole here: every layer has its update
-      raise _Stop
-
-  previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-  try:
-    if total > first:
-      model.train(images, labels, batch_size=args.batch_size, epochs=args.epochs,
-                  max_steps=total - first, progress=progress_or_stop)
-  except _Stop:
-    pass
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+    try:
+      if total > first:
+        model.train(images, labels, batch_size=args.batch_size, epochs=args.epochs,
+                    max_steps=total - first, progress=progress_or_stop)
+    except interrupt.Interrupted:
+      pass
   model.save(output)
   print(f"wrote {output} (training step {model.train_step_count})")
-  if stopped:
-    print(f"stopped by {signal.Signals(stopped[0]).name}; run the same command to go on "
+  if watch.signum is not None:
+    print(f"stopped by {interrupt.name(watch.signum)}; run the same command to go on "
           f"from {output}", file=sys.stderr)
-    return 128 + stopped[0]
+    return 128 + watch.signum
   return 0
-
-
-class _Stop(Exception):
-  """Raised from the progress callback to end training after a whole step."""
 
 
 def _bench(args) -> None:

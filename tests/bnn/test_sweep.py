@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bnn import interrupt, sweep, sweep_report
+from bnn import sweep, sweep_report
+from pi_backend import interrupt
 from configs.sweeps import common
 
 ROOT = Path(__file__).resolve().parents[2]

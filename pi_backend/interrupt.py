@@ -1,8 +1,9 @@
-"""Stopping a run at a step boundary on SIGINT (Ctrl-C) or SIGTERM (what Slurm, Kubernetes
-and cloud preemption send), so that the steps since the last periodic checkpoint are
-saved instead of lost.
+"""Stopping training at a step boundary on SIGINT (Ctrl-C) or SIGTERM (what Slurm,
+Kubernetes and cloud preemption send), so that the steps since the last save are kept
+instead of lost. Standard library only: the JAX training loop (bnn/experiment.py, the
+sweeps) and ``python -m pi_backend train`` share it.
 
-    with interrupt.on_signal() as watch:
+    with interrupt.on_signal("after this step, with a checkpoint") as watch:
       for step ...:
         ...
         if watch.signum is not None:  # save, then
@@ -46,14 +47,15 @@ def name(signum: int) -> str:
 
 
 @contextlib.contextmanager
-def on_signal(enabled: bool = True,
+def on_signal(then: str, enabled: bool = True,
               forward: Callable[[int], None] | None = None) -> Iterator[Watch]:
   """Within: SIGINT and SIGTERM set ``watch.signum`` (the first one) instead of ending
-  the process; ``forward(signum)`` is called then too (a sweep passes it on to its
-  workers). A second SIGINT raises KeyboardInterrupt. The previous handlers come back
-  on exit. Does nothing when not enabled (a multi-process run, whose processes would
-  have to agree on the step to stop at) or outside the main thread, where Python
-  cannot install handlers."""
+  the process, and say that the run is stopping ``then`` (when, and what it saves);
+  ``forward(signum)`` is called then too (a sweep passes it on to its workers). A
+  second SIGINT raises KeyboardInterrupt. The previous handlers come back on exit.
+  Does nothing when not enabled (a multi-process run, whose processes would have to
+  agree on the step to stop at) or outside the main thread, where Python cannot
+  install handlers."""
   watch = Watch()
   if not enabled or threading.current_thread() is not threading.main_thread():
     yield watch
@@ -65,8 +67,8 @@ def on_signal(enabled: bool = True,
         raise KeyboardInterrupt
       return
     watch.signum = signum
-    print(f"\n{name(signum)} received: stopping after this step, with a checkpoint "
-          f"(Ctrl-C again to quit at once, without one)", file=sys.stderr, flush=True)
+    print(f"\n{name(signum)} received: stopping {then} (Ctrl-C again to quit at once, "
+          f"without saving)", file=sys.stderr, flush=True)
     if forward is not None:
       forward(signum)
 

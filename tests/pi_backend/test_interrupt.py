@@ -1,13 +1,13 @@
-"""bnn.interrupt: the first SIGINT / SIGTERM is recorded, not fatal; a second Ctrl-C is;
-the previous handlers come back. (End to end with a real training process:
-tests/bnn/test_experiment.py.)"""
+"""pi_backend.interrupt: the first SIGINT / SIGTERM is recorded, not fatal; a second Ctrl-C is;
+the previous handlers come back. (End to end with real training processes:
+tests/bnn/test_experiment.py, tests/bnn/test_sweep.py, tests/pi_backend/test_cli.py.)"""
 import os
 import signal
 import threading
 
 import pytest
 
-from bnn import interrupt
+from pi_backend import interrupt
 
 
 def _handlers():
@@ -17,7 +17,7 @@ def _handlers():
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_first_signal_is_recorded_and_forwarded_once(signum):
   before, forwarded = _handlers(), []
-  with interrupt.on_signal(forward=forwarded.append) as watch:
+  with interrupt.on_signal("then", forward=forwarded.append) as watch:
     assert watch.signum is None
     os.kill(os.getpid(), signum)
     os.kill(os.getpid(), signal.SIGTERM)  # a later SIGTERM changes nothing
@@ -29,7 +29,7 @@ def test_first_signal_is_recorded_and_forwarded_once(signum):
 def test_second_ctrl_c_raises_at_once_and_handlers_come_back():
   before = _handlers()
   with pytest.raises(KeyboardInterrupt):
-    with interrupt.on_signal() as watch:
+    with interrupt.on_signal("then") as watch:
       os.kill(os.getpid(), signal.SIGINT)
       assert watch.signum == signal.SIGINT
       os.kill(os.getpid(), signal.SIGINT)
@@ -39,12 +39,12 @@ def test_second_ctrl_c_raises_at_once_and_handlers_come_back():
 
 def test_disabled_or_off_the_main_thread_installs_nothing():
   before = _handlers()
-  with interrupt.on_signal(enabled=False) as watch:
+  with interrupt.on_signal("then", enabled=False) as watch:
     assert _handlers() == before and watch.signum is None
   seen = []
 
   def body():
-    with interrupt.on_signal() as w:
+    with interrupt.on_signal("then") as w:
       seen.append((_handlers() == before, w.signum))
   thread = threading.Thread(target=body)
   thread.start()
