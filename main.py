@@ -3,17 +3,31 @@
 Overrides: --config.optimizer.lr=3e-4 --config.model.grad_quantizer='po2(bits=5)'.
 """
 import json
+import os
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+ROOT = Path(__file__).resolve().parent
 _UNKNOWN_KEY = "error: a --config.* override names a key the config does not have: {}"
+
+
+def _one_line(e: BaseException) -> str:
+  """e's message on one line, without the quotes str() puts around a KeyError's (which
+  ml_collections wraps in an AttributeError)."""
+  while len(e.args) == 1 and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+  return "; ".join(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
 try:  # the default config file is parsed here, with any --config.* overrides
   config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
                                   "Experiment config file, optionally with :variant.")
 except (AttributeError, KeyError) as e:
-  sys.exit(_UNKNOWN_KEY.format(e))
+  sys.exit(_UNKNOWN_KEY.format(_one_line(e)))
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and curves go here "
                     "(default: workdirs/<config file name>).")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "memory", "sweep", "export", "import"],
@@ -37,11 +51,12 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   """Runs the mode; errors a user can fix end the process with their message only."""
-  from bnn import checkpoints, config_validation, data, export
+  from bnn import checkpoints, config_validation, data, export, workdir_lock
   from pi_backend import interrupt
   from pi_backend.errors import BundleError
   expected = (config_validation.ConfigError, checkpoints.CheckpointError, FloatingPointError,
-              data.DatasetNotFoundError, data.IdxFormatError, export.ExportError, BundleError)
+              data.DatasetNotFoundError, data.IdxFormatError, export.ExportError, BundleError,
+              workdir_lock.WorkdirError)
   try:
     run(argv)
   except expected as e:
@@ -92,11 +107,34 @@ def run(argv):
 
 
 def parse_flags(argv):
-  """absl's parser; an override of a key the config lacks is a one-line error."""
+  """absl's parser, with one-line errors for a config file that does not load, a
+  variant its get_config refuses, and an override of a key the config lacks."""
   try:
-    return app.parse_flags_with_usage(argv)
+    rest = FLAGS(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: no such config key
-    sys.exit(_UNKNOWN_KEY.format(e))
+    sys.exit(_UNKNOWN_KEY.format(_one_line(e)))
+  except flags.Error as e:
+    flag, sep, trace = str(e).partition(": Error whilst parsing config file")
+    if sep:  # get_config raised: absl's message holds its traceback; the last line says it
+      sys.exit(f"error: {flag.removeprefix('flag ')}: {trace.strip().splitlines()[-1].strip()}")
+    sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help "
+             f"on flags.")
+  try:
+    getattr(FLAGS.config, "keys", None)
+  except OSError as e:  # ml_collections defers a file it could not load to first use
+    path = config_flags.get_config_filename(FLAGS["config"])
+    if os.path.exists(path):
+      sys.exit(f"error: --config {path}: {_one_line(e.__cause__ or e)}")
+    sys.exit(f"error: --config {path}: no such file in {os.getcwd()}; the configs: "
+             f"{_configs('configs/*.py')}; the sweeps: {_configs('configs/sweeps/*.py')}")
+  return rest
+
+
+def _configs(pattern: str) -> str:
+  """The config files, as paths from the current directory where they are below it."""
+  paths = (p for p in sorted(ROOT.glob(pattern)) if p.stem not in ("__init__", "common"))
+  return ", ".join(os.path.relpath(p) if p.is_relative_to(Path.cwd()) else str(p)
+                   for p in paths)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from bnn import checkpoints as ckpt
 from bnn import config_validation, data, distributed, metrics_log, models, optim, train
+from bnn import workdir_lock
 from pi_backend import interrupt
 
 
@@ -129,13 +130,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   final metrics: test accuracy of the last and of the best-validation state."""
   exp = Experiment(config, workdir)
   main = distributed.is_main_process()
-  exp.workdir.mkdir(parents=True, exist_ok=True)
-  latest, best = exp.checkpoints(), exp.checkpoints("best")
-  try:
-    return _train(exp, config, latest, best, main)
-  finally:  # also when a resume is refused or the loss diverges: saves finish, no
-    latest.close()  # orbax thread outlives its event loop
-    best.close()
+  # one writer per workdir (process 0 speaks for a multi-process run, and hold creates
+  # the workdir, or says why it cannot)
+  with workdir_lock.hold(exp.workdir, "a training run") if main else contextlib.nullcontext():
+    exp.workdir.mkdir(parents=True, exist_ok=True)
+    latest, best = exp.checkpoints(), exp.checkpoints("best")
+    try:
+      return _train(exp, config, latest, best, main)
+    finally:  # also when a resume is refused or the loss diverges: saves finish, no
+      latest.close()  # orbax thread outlives its event loop
+      best.close()
 
 
 def _train(exp: Experiment, config: ml_collections.ConfigDict,

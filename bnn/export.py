@@ -31,7 +31,7 @@ import optax
 import quantizers
 from bnn import checkpoints as ckpt
 from bnn import layers as bnn_layers
-from bnn import optim
+from bnn import optim, workdir_lock
 from bnn.models.convnet import ConvNet
 from bnn.models.mlp import MLP
 from pi_backend import bundle as bundle_lib
@@ -323,9 +323,9 @@ def import_bundle(config, bundle_path, workdir) -> int:
                         f"import into another workdir")
     state = bundle_to_state(b, exp.initial_state(), exp.model,
                             input_shape=exp.train_data.image_shape, base_lr=config.optimizer.lr)
-    exp.workdir.mkdir(parents=True, exist_ok=True)
-    manager.save(step, args=ocp.args.StandardSave(state), force=True)
-    manager.wait_until_finished()
+    with workdir_lock.hold(exp.workdir, "an import"):
+      manager.save(step, args=ocp.args.StandardSave(state), force=True)
+      manager.wait_until_finished()
   print(f"imported {bundle_path} (training step {step}) into {manager.directory}; "
         f"evaluate with --mode eval --workdir {exp.workdir}")
   return step

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnn import memory
+from bnn import memory, workdir_lock
 
 
 def _for_method(config, method: str):
@@ -29,6 +29,7 @@ def report(config, workdir: str | Path, measure: bool = True) -> dict:
   from bnn import models
   from bnn.data import catalog
 
+  workdir = workdir_lock.create(workdir)  # before the work: an unusable one fails at once
   spec = catalog.get_spec(config.dataset.name)
   model = models.create(config.model, spec.num_classes)
   po2 = str(config.model.grad_quantizer).startswith("po2")
@@ -51,8 +52,6 @@ def report(config, workdir: str | Path, measure: bool = True) -> dict:
     lines.append(f"  ratio standard / proposed: {s / p:.2f}x")
   text = "\n".join(lines)
   print(text)
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "memory.txt").write_text(text + "\n")
   plot(result, workdir / "memory.png", title=f"{config.model.name} / {config.dataset.name}, "
                                             f"batch {config.batch_size}")

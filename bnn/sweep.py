@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fcntl
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import ml_collections
 
-from bnn import config_validation
+from bnn import config_validation, workdir_lock
 from pi_backend import interrupt
 
 NAME_KEY = "name"  # a point's optional explicit name; every other key is a config override
@@ -236,13 +235,7 @@ def run(sweep: ml_collections.ConfigDict, workdir: str | Path, workers: int = 1)
     raise SweepError(f"--sweep_workers={workers!r}: expected a positive integer")
   points = plan(sweep)
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  with open(workdir / ".lock", "w") as lock:
-    try:
-      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process ends
-    except BlockingIOError:
-      raise RuntimeError(f"another sweep is running in {workdir} (it holds "
-                         f"{workdir / '.lock'}); wait for it or use another --workdir") from None
+  with workdir_lock.hold(workdir, "a sweep"):
     return _run_locked(sweep, points, workdir, workers)
 
 

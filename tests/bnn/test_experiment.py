@@ -154,6 +154,54 @@ def test_bad_override_fails_before_compiling(tmp_path, override, message):
   assert "Compiling" not in out and "compil" not in out.lower() and not (tmp_path / "bad" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("config,message", [
+    ("configs/no_such.py", "error: --config configs/no_such.py: no such file in "),
+    ("configs/fashion_mnist_mlp.py:bogus", "error: --config=configs/fashion_mnist_mlp.py:bogus: "
+                                           "ValueError: unknown config variant 'bogus'"),
+])
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path, config, message):
+  """A mistyped config path or variant: the message, not absl's traceback."""
+  proc = subprocess.run([sys.executable, "main.py", f"--config={config}",
+                         f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 1
+  assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.replace("--config ", "--config=").startswith(
+      message.replace("--config ", "--config=")), proc.stderr
+  if "no such file" in message:  # and where the configs are
+    assert "configs/fashion_mnist_mlp.py" in proc.stderr
+    assert "configs/sweeps/fashion_mnist_po2.py" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_a_second_command_into_a_workdir_in_use_is_refused(tmp_path):
+  """Two trainings into one workdir would save over each other's checkpoints and
+  interleave their metrics: the second stops at once, naming the first, which goes on."""
+  workdir = tmp_path / "busy"
+  first = _main(workdir, "--config.num_train_steps=100000",
+                "--config.checkpoint_every_steps=100000")
+  metrics, deadline = workdir / "metrics.jsonl", time.time() + 600
+  while first.poll() is None and time.time() < deadline and not (
+      metrics.exists() and metrics.read_text().count('"train"') >= 3):
+    time.sleep(0.02)
+  assert first.poll() is None
+  second = _main(workdir)
+  out, _ = second.communicate(timeout=120)
+  assert second.returncode == 1, out
+  assert f"error: WorkdirInUse: {workdir} is in use by a training run (pid {first.pid} " in out
+  assert "Traceback" not in out, out
+  first.send_signal(signal.SIGTERM)  # the first run is unharmed: it saves its step and stops
+  out, _ = first.communicate(timeout=600)
+  assert first.returncode == 128 + signal.SIGTERM, out
+  steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()
+           if '"train"' in line]
+  assert steps == list(range(1, len(steps) + 1)), steps  # one writer
+  saved = re.search(r"saved the checkpoint \S+/checkpoints/(\d+)", out)
+  assert saved and int(saved[1]) == steps[-1], out
+
+
 @pytest.mark.parametrize("mode,extra,message", [
     ("eval", [], "NoCheckpointError: no checkpoint in"),
     ("export", [], "NoCheckpointError: no checkpoint in"),

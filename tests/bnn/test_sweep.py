@@ -312,11 +312,9 @@ def test_changed_keys_of_a_finished_point(tmp_path):
 
 
 def test_a_second_sweep_in_the_same_workdir_is_refused(tmp_path):
-  import fcntl
+  from bnn import workdir_lock
 
-  (tmp_path / "w").mkdir()
-  with open(tmp_path / "w" / ".lock", "w") as held:
-    fcntl.flock(held, fcntl.LOCK_EX)
-    with pytest.raises(RuntimeError, match="another sweep is running"):
+  with workdir_lock.hold(tmp_path / "w", "a sweep"):  # flock: refused in this process too
+    with pytest.raises(workdir_lock.WorkdirInUse, match=r"w is in use by a sweep \(pid"):
       sweep.run(_sweep([{"seed": 1}]), tmp_path / "w")
   assert not (tmp_path / "w" / "runs.jsonl").exists()
