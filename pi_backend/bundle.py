@@ -162,6 +162,7 @@ def write(path, metadata: dict, tensors: dict) -> Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
   try:
+    os.fchmod(fd, _mode_for(path))  # mkstemp's 0600 would hide the bundle from other users
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()
@@ -174,6 +175,17 @@ def write(path, metadata: dict, tensors: dict) -> Path:
       pass
     raise
   return path
+
+
+def _mode_for(path: Path) -> int:
+  """The permissions a plain open() would give a new file (0666 less the umask), or those
+  of the file being replaced."""
+  try:
+    return os.stat(path).st_mode & 0o7777
+  except FileNotFoundError:
+    umask = os.umask(0)  # the only way to read it; set back at once
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def read(path) -> Bundle:

@@ -3,6 +3,7 @@ and a clear BundleError for every kind of bad file."""
 import copy
 import hashlib
 import json
+import os
 import struct
 
 import numpy as np
@@ -92,6 +93,22 @@ def test_write_is_atomic(tmp_path, mlp, monkeypatch):
   monkeypatch.setattr(bundle.os, "replace", real_replace)
   bundle.write(path, meta, tensors)
   assert bundle.read(path).graph.train_step == 7
+
+
+def test_written_bundle_has_the_permissions_of_a_plain_file(tmp_path, mlp):
+  """Readable by the other users the umask allows (the temporary file is 0600), and a
+  bundle written over keeps its mode."""
+  path = tmp_path / "m.bnnpi"
+  old = os.umask(0o027)
+  try:
+    bundle.write(path, *mlp)
+    assert path.stat().st_mode & 0o777 == 0o640
+    path.chmod(0o604)
+    bundle.write(path, *mlp)
+    assert path.stat().st_mode & 0o777 == 0o604
+  finally:
+    os.umask(old)
+  assert os.umask(old) == old  # and the umask is as it was
 
 
 def test_write_refuses_an_inconsistent_bundle(tmp_path, mlp):
