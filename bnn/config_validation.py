@@ -151,6 +151,13 @@ def _check_model_fits_images(config: ml_collections.ConfigDict) -> None:
                       f"{'x'.join(map(str, spec.image_shape))}): {e}") from e
 
 
+def check_num_devices(config: ml_collections.ConfigDict, available: int) -> None:
+  """sharding.num_devices against the devices JAX sees (known only at run time)."""
+  n = config.sharding.num_devices
+  if n != -1 and not 1 <= n <= available:
+    _fail("sharding.num_devices", n, f"-1 (all) or 1..{available}, the devices JAX sees")
+
+
 def check_batch_split(config: ml_collections.ConfigDict, num_devices: int,
                       num_processes: int = 1) -> None:
   """The global batches must split evenly over the devices (and so over the

@@ -46,6 +46,7 @@ class Experiment:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path):
     config_validation.validate(config)
+    config_validation.check_num_devices(config, len(jax.devices()))
     self.mesh = distributed.make_mesh(config.sharding.num_devices)
     config_validation.check_batch_split(config, self.mesh.size, jax.process_count())
     self.config, self.workdir = config, Path(workdir)
@@ -56,9 +57,14 @@ class Experiment:
     d = config.dataset
     common = dict(seed=config.seed, validation_size=d.validation_size,
                   data_dir=d.data_dir or None)
-    self.train_data = data.make_dataset(d.name, split="train", batch_size=config.batch_size,
-                                        augment=d.augment, **self._shard(config.batch_size),
-                                        **common)
+    try:
+      self.train_data = data.make_dataset(d.name, split="train", batch_size=config.batch_size,
+                                          augment=d.augment, **self._shard(config.batch_size),
+                                          **common)
+    except data.ValidationSizeError as e:  # the split's size is known only now
+      raise config_validation.ConfigError(
+          f"config.dataset.validation_size={e.validation_size}: expected 0 <= value < "
+          f"{e.pool_size}, the number of examples in {d.name}'s training split") from None
     self.eval_data = {
         split: data.make_dataset(d.name, split=split, batch_size=config.eval_batch_size,
                                  train=False, **self._shard(config.eval_batch_size), **common)

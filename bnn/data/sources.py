@@ -46,6 +46,14 @@ _PARALLEL_DECODE_MIN = 20_000
 _DECODE_CHUNK = 2_000
 
 
+class ValidationSizeError(ValueError):
+    """validation_size leaves no training examples (or is negative)."""
+
+    def __init__(self, validation_size: int, pool_size: int):
+        super().__init__(f"validation_size={validation_size} must be in [0, {pool_size}) for a pool of {pool_size}")
+        self.validation_size, self.pool_size = validation_size, pool_size
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is not in the TFDS data_dir and cannot be prepared locally."""
 
@@ -284,7 +292,7 @@ def split_indices(pool_size: int, validation_size: int, validation_seed: int = 0
     with `validation_seed` alone, so it does not move when the training seed does.
     """
     if not 0 <= validation_size < pool_size:
-        raise ValueError(f"validation_size={validation_size} must be in [0, {pool_size}) for a pool of {pool_size}")
+        raise ValidationSizeError(validation_size, pool_size)
     permutation = np.random.default_rng(np.random.SeedSequence([validation_seed, 0x7A11D])).permutation(pool_size)
     return {
         "validation": np.sort(permutation[:validation_size]),

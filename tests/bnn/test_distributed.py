@@ -73,6 +73,18 @@ def test_batch_that_does_not_split_is_a_config_error(key, value, devices, proces
   config_validation.check_batch_split(config, 1, 1)
 
 
+def test_more_devices_than_there_are_is_a_config_error():
+  config = fashion_mnist_mlp.get_config()
+  for n in (-1, 1, 8):
+    config.sharding.num_devices = n
+    config_validation.check_num_devices(config, 8)
+  config.sharding.num_devices = 9
+  with pytest.raises(config_validation.ConfigError,
+                     match=r"config.sharding.num_devices=9: expected -1 \(all\) or 1..8, the "
+                           r"devices JAX sees"):
+    config_validation.check_num_devices(config, 8)
+
+
 @pytest.mark.parametrize("key,value", [("state", "fsdp"), ("num_devices", 0),
                                        ("num_devices", -2)])
 def test_bad_sharding_config(key, value):

@@ -145,6 +145,10 @@ def test_a_signal_saves_the_step_it_stopped_at_and_resume_is_bit_identical(tmp_p
     ("--config.batch_size=abc", "batch_size"),                 # absl's parser
     ("--config.model.grad_quantizer=po2(bits=0)", "bits"),     # validate()
     ("--config.model.name=cnv", "kernel height 3 is larger than the padded input"),
+    ("--config.sharding.num_devices=1000",                     # the devices there are
+     "ConfigError: config.sharding.num_devices=1000: expected -1 (all) or 1.."),
+    ("--config.dataset.validation_size=60000",                 # the training split's size
+     "ConfigError: config.dataset.validation_size=60000: expected 0 <= value < 60000"),
 ])
 def test_bad_override_fails_before_compiling(tmp_path, override, message):
   proc = _main(tmp_path / "bad", override, env={"JAX_LOG_COMPILES": "1"})
