@@ -61,10 +61,14 @@ class Experiment:
       self.train_data = data.make_dataset(d.name, split="train", batch_size=config.batch_size,
                                           augment=d.augment, **self._shard(config.batch_size),
                                           **common)
-    except data.ValidationSizeError as e:  # the split's size is known only now
+    except data.SplitTooSmall as e:  # the split's size is known only now
+      key, expected = {
+          "validation_size": ("dataset.validation_size", f"0 <= value < {e.limit}, the "
+                              f"number of examples in {d.name}'s training split"),
+          "batch_size": ("batch_size", f"at most {e.limit}, the training examples of "
+                         f"{d.name} (after the validation split)")}[e.param]
       raise config_validation.ConfigError(
-          f"config.dataset.validation_size={e.validation_size}: expected 0 <= value < "
-          f"{e.pool_size}, the number of examples in {d.name}'s training split") from None
+          f"config.{key}={e.value}: expected {expected}") from None
     self.eval_data = {
         split: data.make_dataset(d.name, split=split, batch_size=config.eval_batch_size,
                                  train=False, **self._shard(config.eval_batch_size), **common)

@@ -16,7 +16,7 @@ from bnn.data.builders import prepare_idx_dataset
 from bnn.data.catalog import DATASETS, DatasetSpec, get_spec
 from bnn.data.idx import IdxFormatError, read_idx, write_idx
 from bnn.data.pipeline import DataPipeline, make_dataset, to_float
-from bnn.data.sources import DatasetNotFoundError, ValidationSizeError, load_split, open_builder
+from bnn.data.sources import DatasetNotFoundError, SplitTooSmall, load_split, open_builder
 
 __all__ = [
     "Augment",
@@ -32,7 +32,7 @@ __all__ = [
     "parse_augment",
     "prepare_idx_dataset",
     "read_idx",
-    "ValidationSizeError",
+    "SplitTooSmall",
     "to_float",
     "write_idx",
 ]

@@ -271,7 +271,8 @@ def make_dataset(
         shard_count=shard_count,
     )
     if maker.steps_per_epoch == 0:
-        raise ValueError(f"batch_size={batch_size} exceeds the {len(view)} examples of {name} {split} with drop_remainder")
+        raise sources.SplitTooSmall("batch_size", batch_size, len(view),
+                                    f"batch_size={batch_size} exceeds the {len(view)} examples of {name} {split} with drop_remainder")
     length = sys.maxsize if num_epochs is None else maker.steps_per_epoch * num_epochs
     dataset = grain.MapDataset.range(length).map(maker)
     return DataPipeline(

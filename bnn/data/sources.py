@@ -46,12 +46,13 @@ _PARALLEL_DECODE_MIN = 20_000
 _DECODE_CHUNK = 2_000
 
 
-class ValidationSizeError(ValueError):
-    """validation_size leaves no training examples (or is negative)."""
+class SplitTooSmall(ValueError):
+    """A split cannot give what a size parameter asks of it: `param` ("validation_size",
+    "batch_size") = `value`, where `limit` examples are there."""
 
-    def __init__(self, validation_size: int, pool_size: int):
-        super().__init__(f"validation_size={validation_size} must be in [0, {pool_size}) for a pool of {pool_size}")
-        self.validation_size, self.pool_size = validation_size, pool_size
+    def __init__(self, param: str, value: int, limit: int, message: str):
+        super().__init__(message)
+        self.param, self.value, self.limit = param, value, limit
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -292,7 +293,8 @@ def split_indices(pool_size: int, validation_size: int, validation_seed: int = 0
     with `validation_seed` alone, so it does not move when the training seed does.
     """
     if not 0 <= validation_size < pool_size:
-        raise ValidationSizeError(validation_size, pool_size)
+        raise SplitTooSmall("validation_size", validation_size, pool_size,
+                            f"validation_size={validation_size} must be in [0, {pool_size}) for a pool of {pool_size}")
     permutation = np.random.default_rng(np.random.SeedSequence([validation_seed, 0x7A11D])).permutation(pool_size)
     return {
         "validation": np.sort(permutation[:validation_size]),

@@ -149,6 +149,8 @@ def test_a_signal_saves_the_step_it_stopped_at_and_resume_is_bit_identical(tmp_p
      "ConfigError: config.sharding.num_devices=1000: expected -1 (all) or 1.."),
     ("--config.dataset.validation_size=60000",                 # the training split's size
      "ConfigError: config.dataset.validation_size=60000: expected 0 <= value < 60000"),
+    ("--config.batch_size=59001",                              # the same, after validation
+     "ConfigError: config.batch_size=59001: expected at most 59000, the training examples"),
 ])
 def test_bad_override_fails_before_compiling(tmp_path, override, message):
   proc = _main(tmp_path / "bad", override, env={"JAX_LOG_COMPILES": "1"})
