@@ -76,6 +76,25 @@ def _positive(text: str) -> int:
   return v
 
 
+def _check_output(path, example: str) -> None:
+  """Fails before the work, not after it, when ``path`` cannot be written: makes its
+  directory and a scratch file there, and removes the scratch file."""
+  import tempfile  # pylint: disable=import-outside-toplevel
+  if path.is_dir():
+    raise ValueError(f"--output {path} is a directory; expected a file name such as "
+                     f"{path / example}")
+  blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+  if blocking is not None:
+    raise ValueError(f"--output {path}: {blocking} is a file, not a directory")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path.parent):
+      pass
+  except OSError as e:
+    raise ValueError(f"--output {path}: cannot write in {path.parent}: "
+                     f"{e.strerror or e}") from None
+
+
 def _load(args, need_labels=True):
   from pi_backend import data  # pylint: disable=import-outside-toplevel
   from pi_backend.model import Model  # pylint: disable=import-outside-toplevel
@@ -95,6 +114,8 @@ def _load(args, need_labels=True):
 
 def _infer(args) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
+  if args.output:
+    _check_output(args.output, "logits.npy")
   model, images, labels = _load(args, need_labels=False)
   t0 = time.perf_counter()
   logits = model.logits(images, args.batch_size)
@@ -120,6 +141,7 @@ def _eval(args) -> None:
 def _train(args) -> int:
   from pi_backend import memory  # pylint: disable=import-outside-toplevel
   rss_before = memory.peak_rss_bytes()
+  _check_output(args.output or args.bundle, "model.bnnpi")
   model, images, labels = _load(args)
   if not model.graph.trainable:
     raise ValueError(f"{args.bundle} is inference-only (trainable=false); export a "

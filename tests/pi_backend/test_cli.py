@@ -106,12 +106,26 @@ def test_bench_with_a_bundle(files):
     (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--batch-size", "100"),
      "--batch-size 100 is larger than the 60 examples"),
     (("bench", "--bundle", "{d}/m.bnnpi"), "needs --data"),
+    # an --output that cannot be written fails before the work (which it would lose)
+    (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--batch-size", "20",
+      "--output", "{d}"), "--output {d} is a directory; expected a file name such as "
+                          "{d}/model.bnnpi"),
+    (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--batch-size", "20",
+      "--output", "{d}/data.npz/x.bnnpi"), "--output {d}/data.npz/x.bnnpi: {d}/data.npz is a "
+                                            "file, not a directory"),
+    (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--batch-size", "20",
+      "--output", "/proc/x.bnnpi"), "--output /proc/x.bnnpi: cannot write in /proc: "),
+    (("infer", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--output", "/proc/l.npy"),
+     "--output /proc/l.npy: cannot write in /proc: "),
 ])
 def test_errors(files, args, message):
+  before = (files / "m.bnnpi").read_bytes()
   proc = _run(*(a.format(d=files) for a in args), check=False)
   assert proc.returncode == 1, proc.stdout + proc.stderr
-  assert message in proc.stderr
+  assert message.format(d=files) in proc.stderr
   assert "Traceback" not in proc.stderr
+  assert "step 1/" not in proc.stdout and "examples in" not in proc.stdout  # no work done
+  assert (files / "m.bnnpi").read_bytes() == before
 
 
 @pytest.mark.parametrize("args,message", [
