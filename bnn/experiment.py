@@ -20,6 +20,7 @@ process 0 writes config.json, metrics, curves and results.json.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 from pathlib import Path
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
@@ -54,13 +56,23 @@ class Experiment:
     self.rows = {  # (start, stop) of this process's rows in a global batch
         size: distributed.process_rows(batch_sharding, size)
         for size in (config.batch_size, config.eval_batch_size)}
-    d = config.dataset
-    common = dict(seed=config.seed, validation_size=d.validation_size,
-                  data_dir=d.data_dir or None)
+    self.spec = data.get_spec(config.dataset.name)
+    self.model = models.create(config.model, self.spec.num_classes)
+    # The state's structure and initial values do not depend on the learning-rate
+    # schedule's length (steps per epoch), so they need no data: --mode export and
+    # import read and write checkpoints on a machine without the dataset.
+    self._init_tx = optim.make_optimizer(config, steps_per_epoch=1)
+    abstract = jax.eval_shape(self._create_state)
+    self.plan = distributed.plan(abstract, self.mesh, config.sharding.state)
+    self.abstract_state = distributed.with_shardings(abstract, self.plan.state)
+
+  @functools.cached_property
+  def train_data(self) -> data.DataPipeline:
+    d, config = self.config.dataset, self.config
     try:
-      self.train_data = data.make_dataset(d.name, split="train", batch_size=config.batch_size,
-                                          augment=d.augment, **self._shard(config.batch_size),
-                                          **common)
+      return data.make_dataset(d.name, split="train", batch_size=config.batch_size,
+                               augment=d.augment, **self._shard(config.batch_size),
+                               **self._data_args())
     except data.SplitTooSmall as e:  # the split's size is known only now
       key, expected = {
           "validation_size": ("dataset.validation_size", f"0 <= value < {e.limit}, the "
@@ -69,26 +81,43 @@ class Experiment:
                          f"{d.name} (after the validation split)")}[e.param]
       raise config_validation.ConfigError(
           f"config.{key}={e.value}: expected {expected}") from None
-    self.eval_data = {
-        split: data.make_dataset(d.name, split=split, batch_size=config.eval_batch_size,
-                                 train=False, **self._shard(config.eval_batch_size), **common)
-        for split in (("validation", "test") if d.validation_size > 0 else ("test",))}
-    self.model = models.create(config.model, self.train_data.num_classes)
-    steps_per_epoch = self.train_data.steps_per_epoch
-    self.num_train_steps = (config.num_train_steps if config.num_train_steps > 0
-                            else config.num_epochs * steps_per_epoch)
-    self.tx = optim.make_optimizer(config, steps_per_epoch)
-    abstract = jax.eval_shape(self._create_state)
-    self.plan = distributed.plan(abstract, self.mesh, config.sharding.state)
-    self.abstract_state = distributed.with_shardings(abstract, self.plan.state)
+
+  @functools.cached_property
+  def eval_data(self) -> dict[str, data.DataPipeline]:
+    d, config = self.config.dataset, self.config
+    return {split: data.make_dataset(d.name, split=split, batch_size=config.eval_batch_size,
+                                     train=False, **self._shard(config.eval_batch_size),
+                                     **self._data_args())
+            for split in (("validation", "test") if d.validation_size > 0 else ("test",))}
+
+  @functools.cached_property
+  def tx(self) -> optax.GradientTransformation:
+    """The training optimizer: its schedule counts epochs in steps of the data."""
+    return optim.make_optimizer(self.config, self.train_data.steps_per_epoch)
+
+  def load_data(self) -> None:
+    """Loads (or prepares) the splits now, so that a split too small for the config
+    fails before anything is compiled."""
+    self.train_data, self.eval_data  # pylint: disable=pointless-statement
+
+  @property
+  def num_train_steps(self) -> int:
+    c = self.config
+    return (c.num_train_steps if c.num_train_steps > 0
+            else c.num_epochs * self.train_data.steps_per_epoch)
+
+  def _data_args(self) -> dict:
+    d = self.config.dataset
+    return dict(seed=self.config.seed, validation_size=d.validation_size,
+                data_dir=d.data_dir or None)
 
   def _shard(self, global_rows: int) -> dict:
     start, stop = self.rows[global_rows]
     return dict(shard_index=start // (stop - start), shard_count=global_rows // (stop - start))
 
   def _create_state(self) -> train.TrainState:
-    example = jnp.zeros((1, *self.train_data.image_shape), jnp.float32)
-    return train.create_train_state(self.model, self.tx, example, self.config.seed,
+    example = jnp.zeros((1, *self.spec.image_shape), jnp.float32)
+    return train.create_train_state(self.model, self._init_tx, example, self.config.seed,
                                     lambda params: optim.initial_params(self.config, params))
 
   def initial_state(self) -> train.TrainState:
@@ -139,6 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   """Trains (resuming from the newest checkpoint in workdir, if any) and returns the
   final metrics: test accuracy of the last and of the best-validation state."""
   exp = Experiment(config, workdir)
+  exp.load_data()
   main = distributed.is_main_process()
   # one writer per workdir (process 0 speaks for a multi-process run, and hold creates
   # the workdir, or says why it cannot)

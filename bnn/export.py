@@ -291,7 +291,7 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
     raise ckpt.NoCheckpointError(f"no checkpoint in {directory}; train first: python "
                                  f"main.py --mode train --workdir {exp.workdir}")
   meta, tensors, rounded = state_to_bundle(
-      exp.model, state, input_shape=exp.train_data.image_shape, base_lr=config.optimizer.lr,
+      exp.model, state, input_shape=exp.spec.image_shape, base_lr=config.optimizer.lr,
       source={"workdir": str(exp.workdir), "checkpoint": which, "step": int(step),
               "dataset": config.dataset.name})
   path = Path(bundle_path or exp.workdir / "model.bnnpi")
@@ -322,7 +322,7 @@ def import_bundle(config, bundle_path, workdir) -> int:
       raise ExportError(f"{manager.directory} already has a checkpoint at step {step}; "
                         f"import into another workdir")
     state = bundle_to_state(b, exp.initial_state(), exp.model,
-                            input_shape=exp.train_data.image_shape, base_lr=config.optimizer.lr)
+                            input_shape=exp.spec.image_shape, base_lr=config.optimizer.lr)
     with workdir_lock.hold(exp.workdir, "an import"):
       manager.save(step, args=ocp.args.StandardSave(state), force=True)
       manager.wait_until_finished()

@@ -23,6 +23,7 @@ Parity tolerances, and why:
     (b) Adam's first moment rounds (1 - b1) g + b1 m with 1 - float32(0.9) in C and
     float32(0.1) in optax, which can move a float16 rounding by one ulp.
 """
+import contextlib
 import importlib
 import json
 import os
@@ -36,10 +37,11 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from bnn import checkpoints as ckpt
 from bnn import export, optim, train
 from bnn.models import MLP
 from bnn.models.convnet import ConvNet
-from configs import common
+from configs import common, fashion_mnist_mlp
 from pi_backend import bundle
 from pi_backend.model import Model
 
@@ -327,3 +329,24 @@ def test_main_export_pi_train_import_eval(tmp_path):
   result = json.loads(out[out.index("{"):])
   assert result["step"] == 30
   assert result["test"]["accuracy"] == pytest.approx(pi_accuracy, abs=5e-5)  # 4 decimals
+
+
+def test_export_and_import_read_no_data(tmp_path, monkeypatch):
+  """A checkpoint is exported, and a bundle imported, on a machine without the dataset:
+  shapes come from the dataset catalog, not from the data."""
+  from bnn import data, experiment
+  config = fashion_mnist_mlp.get_config("quick")
+  exp = experiment.Experiment(config, tmp_path / "w")
+  with contextlib.closing(exp.checkpoints()) as manager:
+    ckpt.save(manager, 3, exp.initial_state(), force=True)
+    manager.wait_until_finished()
+
+  def no_data(*args, **kwargs):
+    raise data.DatasetNotFoundError("the dataset is not on this machine")
+
+  monkeypatch.setattr(data, "make_dataset", no_data)
+  path = export.export(config, tmp_path / "w", tmp_path / "m.bnnpi")
+  step = export.import_bundle(config, path, tmp_path / "imported")  # the state's: 0
+  assert (tmp_path / "imported" / "checkpoints" / str(step)).is_dir()
+  with pytest.raises(data.DatasetNotFoundError):  # training does need it
+    experiment.Experiment(config, tmp_path / "w").load_data()

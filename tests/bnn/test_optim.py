@@ -233,3 +233,18 @@ def test_materialized_gradient_and_moment_let_xla_update_in_place(monkeypatch):
   monkeypatch.setattr(common, "materialize", lambda x: x)
   fused = memory.measure_step(proposed).peak
   assert materialized < fused, (materialized, fused)
+
+
+@pytest.mark.parametrize("name,state_dtype", [("adam", "default"), ("adam", "float16"),
+                                              ("factored_adam", "float16"), ("bop", "float16")])
+def test_the_initial_state_does_not_depend_on_steps_per_epoch(name, state_dtype):
+  """bnn/experiment.py builds the initial state and the checkpoints' structure with
+  steps_per_epoch=1, without loading the data (export and import need none)."""
+  config = fashion_mnist_mlp.get_config()
+  config.optimizer.name, config.optimizer.state_dtype = name, state_dtype
+  params = optim.initial_params(config, _params())
+  one, many = (optim.make_optimizer(config, n).init(params) for n in (1, 937))
+  assert jax.tree.structure(one) == jax.tree.structure(many)
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
