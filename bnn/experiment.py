@@ -170,8 +170,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   exp = Experiment(config, workdir)
   exp.load_data()
   main = distributed.is_main_process()
-  # one writer per workdir (process 0 speaks for a multi-process run, and hold creates
-  # the workdir, or says why it cannot)
+  # one writer per workdir: process 0 speaks for a multi-process run (hold creates the
+  # workdir, or says why it cannot; the other processes only need it to exist)
   with workdir_lock.hold(exp.workdir, "a training run") if main else contextlib.nullcontext():
     exp.workdir.mkdir(parents=True, exist_ok=True)
     latest, best = exp.checkpoints(), exp.checkpoints("best")

@@ -317,15 +317,16 @@ def import_bundle(config, bundle_path, workdir) -> int:
   exp = _experiment(config, workdir)
   step = b.graph.train_step
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  with contextlib.closing(exp.checkpoints()) as manager:
+  # the lock covers the check and the write: no other command saves this step between
+  with workdir_lock.hold(exp.workdir, "an import"), \
+       contextlib.closing(exp.checkpoints()) as manager:
     if step in manager.all_steps():
       raise ExportError(f"{manager.directory} already has a checkpoint at step {step}; "
                         f"import into another workdir")
     state = bundle_to_state(b, exp.initial_state(), exp.model,
                             input_shape=exp.spec.image_shape, base_lr=config.optimizer.lr)
-    with workdir_lock.hold(exp.workdir, "an import"):
-      manager.save(step, args=ocp.args.StandardSave(state), force=True)
-      manager.wait_until_finished()
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    manager.wait_until_finished()
   print(f"imported {bundle_path} (training step {step}) into {manager.directory}; "
         f"evaluate with --mode eval --workdir {exp.workdir}")
   return step

@@ -49,7 +49,7 @@ def create(workdir: str | Path) -> Path:
 def hold(workdir: str | Path, what: str):
   """Holds ``<workdir>/.lock`` (creating the workdir) for the duration of the block.
 
-  what: the command, for the other process's message ("training", "sweep", ...).
+  what: the command, for the other process's message ("a training run", "a sweep").
   Raises WorkdirInUse, naming the holder, when another process holds it. On a file
   system without locks (some network mounts) it warns and goes on unlocked."""
   workdir = create(workdir)
