@@ -206,6 +206,15 @@ def _flatten(prefix: str, value) -> dict:
   return {prefix: value}
 
 
+def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{dotted key: (stored value, this config's value)} for every key whose value in a
+  saved config.json differs from config's ("<absent>" where one side lacks it)."""
+  old = _flatten("", stored)
+  new = _flatten("", json.loads(config.to_json_best_effort()))  # config.json's encoding
+  return {k[1:]: (old.get(k, "<absent>"), new.get(k, "<absent>"))
+          for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")}
+
+
 def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
   """Differences in IDENTITY_KEYS between a saved config.json and config."""
   current = json.loads(config.to_json_best_effort())  # same encoding as config.json

@@ -2,7 +2,9 @@
 evaluation, metrics and orbax checkpoints; and evaluation of a finished run.
 
 Workdir layout:
-  config.json          the resolved config
+  config.json          the resolved config (config.until_step_<N>.json: the one it
+                       replaced, when a resume from step N changed a value)
+  results.json         test metrics of the final and best states, once the run ended
   checkpoints/         the latest checkpoints (every config.checkpoint_every_steps
                        and at the end); a restarted run resumes from the newest
   best/                the checkpoint with the best validation accuracy
@@ -187,13 +189,18 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
   """train_and_evaluate's work, with its two checkpoint managers open."""
   if latest.latest_step() is not None:
     state = exp.restore(latest)  # refuses another experiment's checkpoints
-    if main:
-      print(f"resuming from step {int(state.step)} ({exp.workdir / 'checkpoints'})", flush=True)
   else:
     state = exp.initial_state()
-  if main:  # only now: a refused resume leaves the workdir as it was
-    (exp.workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
   start = int(state.step)
+  if start >= exp.num_train_steps and (done := _results_of_step(exp.workdir, start)):
+    if main:  # the workdir is left as it is: this config trained nothing
+      print(f"nothing to train: {exp.workdir} is at step {start} and config.num_train_steps "
+            f"is {exp.num_train_steps} (raise it to train on); the results from its "
+            f"results.json:", flush=True)
+    return done
+  if main:  # only now: a refused resume leaves the workdir as it was
+    _record_config(exp.workdir, config, start)
+    (exp.workdir / "results.json").unlink(missing_ok=True)  # the run has not ended (yet)
   log = metrics_log.MetricsLog(exp.workdir, resume_step=start) if main else metrics_log.NullLog()
   step_fn = train.make_train_step(exp.model, exp.tx, exp.plan)
   steps_per_epoch = exp.train_data.steps_per_epoch
@@ -261,6 +268,36 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
                             title=f"{config.model.name} / {config.dataset.name} / "
                                   f"{config.model.method}")
   return results
+
+
+def _record_config(workdir: Path, config: ml_collections.ConfigDict, step: int) -> None:
+  """Writes config.json. A resume under a config that differs from the saved one (a new
+  lr, more steps) says what changed, and keeps the saved config as
+  config.until_step_<step>.json: the record of what trained the steps before."""
+  path = workdir / "config.json"
+  if step and path.exists():
+    try:
+      changes = ckpt.config_changes(json.loads(path.read_text()), config)
+    except ValueError:  # unreadable: check_workdir_config has said so if it mattered
+      changes = {}
+    kept = workdir / f"config.until_step_{step}.json"
+    if changes and not kept.exists():  # exists: a resume from this step changed it before
+      path.replace(kept)
+    print(f"resuming from step {step} ({workdir / 'checkpoints'})" + (
+        "; changed: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        + f" (the previous config.json is kept as {kept.name})" if changes else ""), flush=True)
+  elif step:
+    print(f"resuming from step {step} ({workdir / 'checkpoints'})", flush=True)
+  path.write_text(config.to_json_best_effort(indent=2) + "\n")
+
+
+def _results_of_step(workdir: Path, step: int) -> dict | None:
+  """results.json's contents if it holds the results of this step, else None."""
+  try:
+    results = json.loads((workdir / "results.json").read_text())
+  except (OSError, ValueError):
+    return None
+  return results if isinstance(results, dict) and results.get("step") == step else None
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:

@@ -123,21 +123,14 @@ def is_finished(point_dir: Path) -> bool:
   return (Path(point_dir) / "results.json").exists()
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-  return out
-
-
 def _changed_keys(point: Point, point_dir: Path) -> list[str]:
   """Config keys whose value differs from the point's stored config.json."""
+  from bnn import checkpoints as ckpt
+
   path = Path(point_dir) / "config.json"
   if not path.exists():
     return []
-  old, new = (_flat(json.loads(t)) for t in (path.read_text(),
-                                               point.config.to_json_best_effort()))
-  return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  return list(ckpt.config_changes(json.loads(path.read_text()), point.config))
 
 
 def _log(workdir: Path, point: str, event: str, **extra) -> None:

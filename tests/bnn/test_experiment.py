@@ -225,3 +225,49 @@ def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path,
   if mode != "import":
     assert "train first: python main.py --mode train" in out
 
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_a_finished_run_is_not_redone_and_a_resume_under_a_changed_config_is_recorded(
+    tmp_path, capsys, monkeypatch):
+  """The same command again after a run ended trains and evaluates nothing; a resume
+  with a new value (more steps, another lr) says what changed and keeps the config that
+  trained the first steps; results.json goes once training goes on, so a run stopped
+  after that is not taken for finished (a sweep skips points with results.json)."""
+  import configs.fashion_mnist_mlp
+  from bnn import experiment, sweep, train
+
+  config = configs.fashion_mnist_mlp.get_config("quick")
+  first = experiment.train_and_evaluate(config, tmp_path)
+  before = {name: (tmp_path / name).read_bytes()
+            for name in ("config.json", "metrics.jsonl", "results.json")}
+  capsys.readouterr()
+
+  again = experiment.train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert again == first
+  assert (f"nothing to train: {tmp_path} is at step {config.num_train_steps} and "
+          f"config.num_train_steps is {config.num_train_steps}") in out
+  assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+  longer = config.copy_and_resolve_references()
+  longer.num_train_steps, longer.optimizer.lr = config.num_train_steps + 2, 0.002
+  results = experiment.train_and_evaluate(longer, tmp_path)
+  out = capsys.readouterr().out
+  step = config.num_train_steps
+  assert (f"resuming from step {step} ({tmp_path / 'checkpoints'}); changed: "
+          f"num_train_steps {step} -> {step + 2}, optimizer.lr 0.001 -> 0.002 (the previous "
+          f"config.json is kept as config.until_step_{step}.json)") in out, out
+  assert (tmp_path / f"config.until_step_{step}.json").read_bytes() == before["config.json"]
+  assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["lr"] == 0.002
+  assert results["step"] == step + 2
+  tests = [(r["step"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
+           if r["split"] == "test"]
+  assert tests == [step, step + 2]
+
+  longer.num_train_steps += 2  # goes on, and fails in its first step
+  monkeypatch.setattr(train, "make_train_step", lambda *a: (_ for _ in ()).throw(OSError("x")))
+  with pytest.raises(OSError):
+    experiment.train_and_evaluate(longer, tmp_path)
+  assert not sweep.is_finished(tmp_path)
