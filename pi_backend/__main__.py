@@ -3,11 +3,12 @@
     python -m pi_backend eval  --bundle mlp.bnnpi --data t10k-images-idx3-ubyte.gz
     python -m pi_backend infer --bundle mlp.bnnpi --data test.npz --output logits.npy
     python -m pi_backend train --bundle mlp.bnnpi --data /usr/share/datasets/fashion-mnist \\
-        --split train --batch-size 100 --epochs 1 [--steps N] [--output new.bnnpi] [--memory]
+        --batch-size 100 --epochs 1 [--steps N] [--output new.bnnpi] [--memory]
     python -m pi_backend bench [--bundle mlp.bnnpi --data D --batch-size 200]
 
 --data: an .npz (images, labels), an IDX images file (labels from --labels or the
-matching *labels* file) or a directory of MNIST-named IDX files (--split train|test);
+matching *labels* file) or a directory of MNIST-named IDX files (--split train|test;
+the default is train for ``train`` and test otherwise);
 see pi_backend/data.py. ``train`` writes the trained bundle back to --output (default:
 the input bundle), atomically; SIGINT (Ctrl-C) or SIGTERM stops it after the step under
 way, and it still writes the bundle. ``bench`` without a bundle times the kernels
@@ -33,14 +34,14 @@ def _parser() -> argparse.ArgumentParser:
                                           "(pi_backend bundles) with NumPy and C.")
   sub = p.add_subparsers(dest="command", required=True, metavar="{infer,eval,train,bench}")
 
-  def common(sp, data_required=True):
+  def common(sp, data_required=True, split="test"):
     sp.add_argument("--bundle", type=Path, required=data_required,
                     help="the model (python main.py --mode export writes one)")
     sp.add_argument("--data", type=Path, required=data_required,
                     help=".npz, IDX images file, or directory of MNIST-named IDX files")
     sp.add_argument("--labels", type=Path, help="IDX labels file (default: guessed)")
-    sp.add_argument("--split", choices=("train", "test"), default="test",
-                    help="which files of a --data directory (default test)")
+    sp.add_argument("--split", choices=("train", "test"), default=split,
+                    help=f"which files of a --data directory (default {split})")
     sp.add_argument("--limit", type=_positive, help="use only the first N examples")
     sp.add_argument("--batch-size", type=_positive, default=100)
     sp.add_argument("--float-gemm", choices=("c", "numpy"), default="c",
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
   sp = sub.add_parser("eval", help="loss and accuracy")
   common(sp)
   sp = sub.add_parser("train", help="train with the proposed method, write the bundle back")
-  common(sp)
+  common(sp, split="train")  # training on the test files by default would spoil them
   sp.add_argument("--epochs", type=_positive, default=1)
   sp.add_argument("--steps", type=_positive, help="stop after this many steps")
   sp.add_argument("--output", type=Path, help="where to write the trained bundle "
@@ -108,7 +109,9 @@ def _load(args, need_labels=True):
     labels = None if labels is None else labels[:args.limit]
   print(f"{args.bundle}: {model.graph.model or 'model'}, {len(model.graph.layers)} layers, "
         f"input {list(model.graph.input_shape)}, {model.num_classes} classes, trained "
-        f"{model.train_step_count} steps; {args.data}: {len(images)} examples", flush=True)
+        f"{model.train_step_count} steps; {args.data}"
+        f"{f' ({args.split} split)' if args.data.is_dir() else ''}: {len(images)} examples",
+        flush=True)
   return model, images, labels
 
 

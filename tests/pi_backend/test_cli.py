@@ -65,6 +65,24 @@ def test_train_writes_the_bundle_back(files, tmp_path):
   assert Model.load(copy).train_step_count == 8
 
 
+def test_train_reads_the_training_files_of_a_directory_and_eval_the_test_files(files, tmp_path):
+  """An MNIST-named IDX directory holds both splits: `train` without --split must not
+  train on the test files (their accuracy would then mean nothing)."""
+  from tests.pi_backend.test_data import _idx
+  rng = np.random.default_rng(1)
+  for prefix, n in (("train", 40), ("t10k", 20)):
+    (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(
+        _idx(rng.integers(0, 256, (n, 8, 8), dtype=np.uint8), 0x08))
+    (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        _idx(rng.integers(0, 10, n).astype(np.uint8), 0x08))
+  out = tmp_path / "t.bnnpi"
+  trained = _run("train", "--bundle", files / "m.bnnpi", "--data", tmp_path, "--batch-size",
+                 "20", "--output", out).stdout
+  assert f"{tmp_path} (train split): 40 examples" in trained and "step 2/2" in trained
+  evaluated = _run("eval", "--bundle", out, "--data", tmp_path).stdout
+  assert f"{tmp_path} (test split): 20 examples" in evaluated
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_training_after_a_whole_step_and_writes_the_bundle(files, tmp_path,
                                                                           signum):
