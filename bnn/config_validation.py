@@ -81,6 +81,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from bnn import data, models
   from configs import common
 
+  if "base" in config and "points" in config:  # its keys would read as unknown ones
+    raise ConfigError(
+        f"this config is a sweep of {len(config.points)} points over "
+        f"{config.get('base_file', 'a base config')}: run it with --mode sweep, or one "
+        f"experiment with --config {config.get('base_file', '<the base config>')}")
   _check_known_keys(config, common.base())
   for key in _POSITIVE_INTS:
     _int(config, key, 1)

@@ -115,6 +115,16 @@ def test_unknown_key_is_refused(key, group):
     validate(ml_collections.ConfigDict(tree))
 
 
+def test_a_sweep_given_where_one_experiment_is_expected_says_to_use_mode_sweep():
+  """main.py --config configs/sweeps/x.py without --mode sweep: not 'unknown key base'."""
+  sweep = importlib.import_module("configs.sweeps.fashion_mnist_po2").get_config()
+  with pytest.raises(ConfigError, match=re.escape(
+      f"this config is a sweep of {len(sweep.points)} points over "
+      "configs/fashion_mnist_mlp.py: run it with --mode sweep, or one experiment with "
+      "--config configs/fashion_mnist_mlp.py")):
+    validate(sweep)
+
+
 @pytest.mark.parametrize("overrides,message", [
     ({"model.grad_quantizer": "po2(bits=4)", "model.method": "standard"},
      re.escape("config.model.grad_quantizer='po2(bits=4)': expected 'default' or "
