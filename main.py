@@ -77,6 +77,13 @@ def run(argv):
   config = FLAGS.config
   workdir = FLAGS.workdir or f"workdirs/{config_flags.get_config_filename(FLAGS['config'])}"
   workdir = workdir.replace("configs/", "").replace(".py", "")
+  if FLAGS.mode in ("eval", "export", "import") and not FLAGS["config"].present:
+    overrides = {name.removeprefix("config."): FLAGS[name].value for name in FLAGS
+                 if name.startswith("config.") and FLAGS[name].present}
+    saved = experiment.saved_config(workdir, overrides)  # what trained its checkpoints
+    if saved is not None:
+      config = saved
+      print(f"config: {workdir}/config.json, the workdir's own (--config to give another)")
   print(f"config:\n{config}")
   print(f"workdir: {workdir}")
   if FLAGS.mode == "train":

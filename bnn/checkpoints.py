@@ -248,4 +248,5 @@ def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,
   if differences:
     raise CheckpointMismatchError(
         f"{workdir} holds checkpoints of another experiment:\n  " + "\n  ".join(differences) +
-        f"\nUse another --workdir, or the same config (the saved one is {path}).")
+        f"\nUse another --workdir, or the same config (the saved one is {path}; --mode "
+        f"eval, export and import use it when --config is left out).")

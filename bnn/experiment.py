@@ -291,6 +291,31 @@ def _record_config(workdir: Path, config: ml_collections.ConfigDict, step: int) 
   path.write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
+def saved_config(workdir: str | Path, overrides: dict | None = None
+                 ) -> ml_collections.ConfigDict | None:
+  """The config a workdir's checkpoints were trained with (its config.json), with
+  overrides {dotted key: value} set on top; None where the workdir has none."""
+  path = Path(workdir) / "config.json"
+  try:
+    text = path.read_text()
+  except FileNotFoundError:
+    return None
+  except OSError as e:
+    raise ckpt.CheckpointReadError(f"{path} cannot be read: {e.strerror or e}") from None
+  try:
+    config = ml_collections.ConfigDict(json.loads(text))
+  except ValueError as e:
+    raise ckpt.CheckpointReadError(f"{path} is not a config.json ({e}); give the config "
+                                   f"with --config") from None
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part] if part in node else node.setdefault(part, ml_collections.ConfigDict())
+    node[leaf] = value  # an unknown key is refused by validation, naming it
+  return config
+
+
 def _results_of_step(workdir: Path, step: int) -> dict | None:
   """results.json's contents if it holds the results of this step, else None."""
   try:
@@ -311,5 +336,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       state = None if step is None else exp.restore(manager, step)
     if state is not None:
       return {"checkpoint": which, "step": step, "test": exp.evaluate(state, "test")}
-  raise ckpt.NoCheckpointError(f"no checkpoint in {exp.workdir}/best or {exp.workdir}/checkpoints; "
-                               f"train first: python main.py --mode train --workdir {exp.workdir}")
+  raise no_checkpoint(exp.workdir, f"{exp.workdir}/best or {exp.workdir}/checkpoints")
+
+
+def no_checkpoint(workdir: Path, where: str) -> ckpt.NoCheckpointError:
+  """The error for a workdir with nothing to read: train first, or, in a sweep's
+  workdir, name the points' workdirs, which hold the checkpoints."""
+  points = sorted(p.parent.name for p in Path(workdir).glob("*/config.json"))
+  if (Path(workdir) / "sweep.json").exists() and points:
+    return ckpt.NoCheckpointError(
+        f"{workdir} is a sweep's workdir; its points have the checkpoints: --workdir "
+        f"{workdir}/<point>, one of {', '.join(points)}")
+  return ckpt.NoCheckpointError(f"no checkpoint in {where}; train first: python main.py "
+                                f"--mode train --workdir {workdir}")

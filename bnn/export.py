@@ -288,8 +288,8 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
       step = manager.best_step() if which == "best" else manager.latest_step()
       state = None if step is None else exp.restore(manager, step)
   if step is None:
-    raise ckpt.NoCheckpointError(f"no checkpoint in {directory}; train first: python "
-                                 f"main.py --mode train --workdir {exp.workdir}")
+    from bnn import experiment  # pylint: disable=import-outside-toplevel
+    raise experiment.no_checkpoint(exp.workdir, str(directory))
   meta, tensors, rounded = state_to_bundle(
       exp.model, state, input_shape=exp.spec.image_shape, base_lr=config.optimizer.lr,
       source={"workdir": str(exp.workdir), "checkpoint": which, "step": int(step),
@@ -320,6 +320,8 @@ def import_bundle(config, bundle_path, workdir) -> int:
   # the lock covers the check and the write: no other command saves this step between
   with workdir_lock.hold(exp.workdir, "an import"), \
        contextlib.closing(exp.checkpoints()) as manager:
+    # a workdir of another experiment would resume from weights this config trained
+    ckpt.check_workdir_config(exp.workdir, config, has_checkpoints=True)
     if step in manager.all_steps():
       raise ExportError(f"{manager.directory} already has a checkpoint at step {step}; "
                         f"import into another workdir")
@@ -327,6 +329,9 @@ def import_bundle(config, bundle_path, workdir) -> int:
                             input_shape=exp.spec.image_shape, base_lr=config.optimizer.lr)
     manager.save(step, args=ocp.args.StandardSave(state), force=True)
     manager.wait_until_finished()
+    config_json = exp.workdir / "config.json"
+    if not config_json.exists():  # says what the checkpoint holds, for eval and training
+      config_json.write_text(config.to_json_best_effort(indent=2) + "\n")
   print(f"imported {bundle_path} (training step {step}) into {manager.directory}; "
         f"evaluate with --mode eval --workdir {exp.workdir}")
   return step

@@ -227,6 +227,33 @@ def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path,
 
 
 
+def test_eval_of_a_sweeps_workdir_names_its_points(tmp_path):
+  import configs.fashion_mnist_mlp
+  from bnn import checkpoints, experiment
+  (tmp_path / "sweep.json").write_text("{}")
+  for point in ("po2_b4", "po2_b5"):
+    (tmp_path / point).mkdir()
+    (tmp_path / point / "config.json").write_text("{}")
+  with pytest.raises(checkpoints.NoCheckpointError, match=re.escape(
+      f"{tmp_path} is a sweep's workdir; its points have the checkpoints: --workdir "
+      f"{tmp_path}/<point>, one of po2_b4, po2_b5")):
+    experiment.evaluate(configs.fashion_mnist_mlp.get_config("quick"), tmp_path)
+
+
+def test_saved_config_with_overrides(tmp_path):
+  import configs.fashion_mnist_mlp
+  from bnn import checkpoints, experiment
+  assert experiment.saved_config(tmp_path) is None
+  config = configs.fashion_mnist_mlp.get_config("quick,po2")
+  (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))
+  saved = experiment.saved_config(tmp_path, {"eval_batch_size": 7, "optimizer.lr": 0.5})
+  config.eval_batch_size, config.optimizer.lr = 7, 0.5
+  assert saved.to_json() == config.to_json()
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(checkpoints.CheckpointReadError, match="is not a config.json"):
+    experiment.saved_config(tmp_path)
+
+
 @pytest.mark.slow
 @pytest.mark.real_data
 def test_a_finished_run_is_not_redone_and_a_resume_under_a_changed_config_is_recorded(

@@ -325,7 +325,10 @@ def test_main_export_pi_train_import_eval(tmp_path):
   pi_accuracy = float(out.split("accuracy ")[1].split()[0])
   _main("main.py", "--mode=import", f"--workdir={second}", f"--bundle={tmp_path}/m.bnnpi",
         *flags)
-  out = _main("main.py", "--mode=eval", f"--workdir={second}", *flags)
+  # without --config: the workdir's config.json, which the import wrote, and overrides on it
+  out = _main("main.py", "--mode=eval", f"--workdir={second}", "--config.eval_batch_size=500")
+  assert f"config: {second}/config.json, the workdir's own" in out
+  assert "eval_batch_size: 500" in out and "eval_steps: -1" in out
   result = json.loads(out[out.index("{"):])
   assert result["step"] == 30
   assert result["test"]["accuracy"] == pytest.approx(pi_accuracy, abs=5e-5)  # 4 decimals
@@ -350,3 +353,27 @@ def test_export_and_import_read_no_data(tmp_path, monkeypatch):
   assert (tmp_path / "imported" / "checkpoints" / str(step)).is_dir()
   with pytest.raises(data.DatasetNotFoundError):  # training does need it
     experiment.Experiment(config, tmp_path / "w").load_data()
+
+
+def test_import_into_a_workdir_of_another_experiment_is_refused(tmp_path):
+  """A proposed-method bundle imported into a standard-method run's workdir would be
+  resumed by that run; a new workdir gets the config.json that says what it holds."""
+  from bnn import experiment
+  config = fashion_mnist_mlp.get_config("quick")
+  exp = experiment.Experiment(config, tmp_path / "w")
+  with contextlib.closing(exp.checkpoints()) as manager:
+    ckpt.save(manager, 3, exp.initial_state(), force=True)
+    manager.wait_until_finished()
+  path = export.export(config, tmp_path / "w", tmp_path / "m.bnnpi")
+
+  export.import_bundle(config, path, tmp_path / "new")
+  assert experiment.saved_config(tmp_path / "new").to_json() == config.to_json()
+
+  standard = fashion_mnist_mlp.get_config("quick,standard")
+  other = tmp_path / "standard"
+  other.mkdir()
+  (other / "config.json").write_text(standard.to_json_best_effort())
+  with pytest.raises(ckpt.CheckpointMismatchError,
+                     match="model.method: 'standard' in the checkpoint's config, 'proposed'"):
+    export.import_bundle(config, path, other)
+  assert not (other / "checkpoints").exists() or not any((other / "checkpoints").iterdir())
