@@ -16,6 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pi_backend import argtypes  # noqa: E402
+
 VARIANTS = {  # name -> config overrides
     "standard": {"model.method": "standard"},
     "proposed": {"model.method": "proposed"},
@@ -47,13 +49,14 @@ def run(name: str, overrides: dict, epochs: int, workdir: Path, seed: int = 0) -
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--epochs", type=int, default=20)
+  parser.add_argument("--epochs", type=argtypes.positive_int, default=20)
   parser.add_argument("--workdir", type=Path, default=Path("workdirs/bench_accuracy"))
   parser.add_argument("--variants", nargs="+", default=["standard", "proposed", "proposed_f16"],
                       choices=list(VARIANTS))
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--output", type=Path, default=Path("docs/accuracy.md"))
   args = parser.parse_args()
+  argtypes.check_output(parser, args.output, "accuracy.md")  # before hours of training
 
   results = {name: run(name, VARIANTS[name], args.epochs, args.workdir / f"seed{args.seed}",
                        args.seed) for name in args.variants}

@@ -18,6 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pi_backend import argtypes  # noqa: E402
+
 ROWS = {  # name -> (config module, batch, paper's modelled saving)
     "mlp": ("fashion_mnist_mlp", 100, 2.78),
     "cnv": ("cifar10_cnv", 100, 4.17),
@@ -63,6 +65,7 @@ def main() -> None:
                       help="the proposed method's latent weights (default: --state-dtype)")
   parser.add_argument("--output", type=Path, default=Path("docs/memory.md"))
   args = parser.parse_args()
+  argtypes.check_output(parser, args.output, "memory.md")
 
   rows = []
   for name in args.models:

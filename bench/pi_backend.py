@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pi_backend import argtypes  # noqa: E402
 from pi_backend import bundle as bundle_lib  # noqa: E402
 from pi_backend import kernels as K  # noqa: E402
 from pi_backend import memory as pi_memory  # noqa: E402
@@ -224,10 +225,11 @@ def _jax_step_time(config_module, method, images, labels, repeat):
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--repeat", type=int, default=5)
+  parser.add_argument("--repeat", type=argtypes.positive_int, default=5)
   parser.add_argument("--output", type=Path, default=Path("docs/pi_backend.md"))
   parser.add_argument("--no-jax", action="store_true", help="skip the JAX rows")
   args = parser.parse_args(argv)
+  argtypes.check_output(parser, args.output, "pi_backend.md")
   rng = np.random.default_rng(0)
   rows = []
 

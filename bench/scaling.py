@@ -26,6 +26,11 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pi_backend import argtypes  # noqa: E402
+
+_CONFIGS = sorted(p.stem for p in Path(__file__).resolve().parents[1].glob("configs/*.py")
+                  if p.stem not in ("__init__", "common"))
+
 import jax  # noqa: E402
 
 
@@ -51,13 +56,14 @@ def measure(config, method: str, num_devices: int, mode: str, batch: int) -> dic
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="cifar10_binarynet")
-  parser.add_argument("--batch", type=int, default=128, help="the global batch")
-  parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8])
+  parser.add_argument("--config", default="cifar10_binarynet", choices=_CONFIGS)
+  parser.add_argument("--batch", type=argtypes.positive_int, default=128, help="the global batch")
+  parser.add_argument("--devices", type=argtypes.positive_int, nargs="+", default=[1, 2, 4, 8])
   parser.add_argument("--state-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"])
   parser.add_argument("--output", type=Path, default=Path("docs/scaling.md"))
   args = parser.parse_args()
+  argtypes.check_output(parser, args.output, "scaling.md")
 
   import importlib
   config = importlib.import_module(f"configs.{args.config}").get_config()

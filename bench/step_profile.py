@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pi_backend import argtypes  # noqa: E402
+
 import step_time  # noqa: E402  (bench/ is the script's directory)
 
 _OPS = "ops run (count)"  # a key beside the layer kinds: XLA ops (thunks) per step
@@ -76,16 +78,14 @@ def profile(name: str, method: str, batch: int, steps: int, optimizer: str,
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", default="mlp", choices=list(step_time.ROWS))
-  parser.add_argument("--batch", type=int, default=100)
-  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--batch", type=argtypes.positive_int, default=100)
+  parser.add_argument("--steps", type=argtypes.positive_int, default=100)
   parser.add_argument("--optimizer", default="adam", choices=["adam", "factored_adam", "bop"])
   parser.add_argument("--state-dtype", default="float32",
                       choices=["default", "float32", "float16", "bfloat16"])
   parser.add_argument("--weight-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"])
   args = parser.parse_args()
-  if args.steps < 1:
-    parser.error(f"--steps={args.steps}; expected at least 1")
   with tempfile.TemporaryDirectory() as tmp:
     work = Path(tmp)
     # XLA reads its flags when JAX starts its backend, which is after this

@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pi_backend import argtypes  # noqa: E402
+
 ROWS = {"mlp": "fashion_mnist_mlp", "cnv": "cifar10_cnv", "binarynet": "cifar10_binarynet"}
 TARGET = 1.15
 
@@ -76,8 +78,8 @@ def main() -> None:
 
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
-  parser.add_argument("--batch", type=int, default=100)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--batch", type=argtypes.positive_int, default=100)
+  parser.add_argument("--repeats", type=argtypes.positive_int, default=5)
   parser.add_argument("--optimizer", default="factored_adam",
                       choices=["adam", "factored_adam", "bop"])
   parser.add_argument("--state-dtype", default="float16",
@@ -87,6 +89,7 @@ def main() -> None:
                       help="the proposed method's latent weights (default: --state-dtype)")
   parser.add_argument("--output", type=Path, default=Path("docs/step_time.md"))
   args = parser.parse_args()
+  argtypes.check_output(parser, args.output, "step_time.md")
 
   rows = []
   for name in args.models:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from pi_backend import argtypes
+
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 
@@ -42,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--labels", type=Path, help="IDX labels file (default: guessed)")
     sp.add_argument("--split", choices=("train", "test"), default=split,
                     help=f"which files of a --data directory (default {split})")
-    sp.add_argument("--limit", type=_positive, help="use only the first N examples")
-    sp.add_argument("--batch-size", type=_positive, default=100)
+    sp.add_argument("--limit", type=argtypes.positive_int, help="use only the first N examples")
+    sp.add_argument("--batch-size", type=argtypes.positive_int, default=100)
     sp.add_argument("--float-gemm", choices=("c", "numpy"), default="c",
                     help="dense float x sign products: the C kernels or NumPy's BLAS")
 
@@ -54,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
   common(sp)
   sp = sub.add_parser("train", help="train with the proposed method, write the bundle back")
   common(sp, split="train")  # training on the test files by default would spoil them
-  sp.add_argument("--epochs", type=_positive, default=1)
-  sp.add_argument("--steps", type=_positive, help="stop after this many steps")
+  sp.add_argument("--epochs", type=argtypes.positive_int, default=1)
+  sp.add_argument("--steps", type=argtypes.positive_int, help="stop after this many steps")
   sp.add_argument("--output", type=Path, help="where to write the trained bundle "
                                               "(default: over --bundle)")
   sp.add_argument("--seed", type=int, default=0)
@@ -63,37 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                   help="measure the first step's memory and print the report")
   sp = sub.add_parser("bench", help="time the kernels, or a bundle's training and inference")
   common(sp, data_required=False)
-  sp.add_argument("--repeat", type=_positive, default=5)
+  sp.add_argument("--repeat", type=argtypes.positive_int, default=5)
   return p
-
-
-def _positive(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if v < 1:
-    raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 1")
-  return v
-
-
-def _check_output(path, example: str) -> None:
-  """Fails before the work, not after it, when ``path`` cannot be written: makes its
-  directory and a scratch file there, and removes the scratch file."""
-  import tempfile  # pylint: disable=import-outside-toplevel
-  if path.is_dir():
-    raise ValueError(f"--output {path} is a directory; expected a file name such as "
-                     f"{path / example}")
-  blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-  if blocking is not None:
-    raise ValueError(f"--output {path}: {blocking} is a file, not a directory")
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=path.parent):
-      pass
-  except OSError as e:
-    raise ValueError(f"--output {path}: cannot write in {path.parent}: "
-                     f"{e.strerror or e}") from None
 
 
 def _load(args, need_labels=True):
@@ -118,7 +91,7 @@ def _load(args, need_labels=True):
 def _infer(args) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   if args.output:
-    _check_output(args.output, "logits.npy")
+    argtypes.check_writable(args.output, "logits.npy")
   model, images, labels = _load(args, need_labels=False)
   t0 = time.perf_counter()
   logits = model.logits(images, args.batch_size)
@@ -144,7 +117,7 @@ def _eval(args) -> None:
 def _train(args) -> int:
   from pi_backend import memory  # pylint: disable=import-outside-toplevel
   rss_before = memory.peak_rss_bytes()
-  _check_output(args.output or args.bundle, "model.bnnpi")
+  argtypes.check_writable(args.output or args.bundle, "model.bnnpi")
   model, images, labels = _load(args)
   if not model.graph.trainable:
     raise ValueError(f"{args.bundle} is inference-only (trainable=false); export a "
