@@ -64,6 +64,13 @@ def main(argv):
   except interrupt.Interrupted as e:  # SIGINT / SIGTERM during training: saved first
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C while loading, compiling or evaluating, or twice
+    print("stopped: Ctrl-C; the same command goes on from the newest checkpoint",
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # XLA may still be compiling in its own threads, and Python's shutdown under them
+    # crashed (SIGSEGV); checkpoints and logs are closed by now
+    os._exit(130)
 
 
 def run(argv):

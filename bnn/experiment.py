@@ -202,6 +202,15 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
     _record_config(exp.workdir, config, start)
     (exp.workdir / "results.json").unlink(missing_ok=True)  # the run has not ended (yet)
   log = metrics_log.MetricsLog(exp.workdir, resume_step=start) if main else metrics_log.NullLog()
+  with contextlib.closing(log):  # also on Ctrl-C or an error: TensorBoard's events flushed
+    return _loop(exp, config, latest, best, main, log, state)
+
+
+def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.CheckpointManager,
+          best: ocp.CheckpointManager, main: bool, log: metrics_log.MetricsLog,
+          state: train.TrainState) -> dict:
+  """The training steps from state's, then the test evaluation."""
+  start = int(state.step)
   step_fn = train.make_train_step(exp.model, exp.tx, exp.plan)
   steps_per_epoch = exp.train_data.steps_per_epoch
   window = []
@@ -249,7 +258,6 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
       bar.update(1)
       if stop is not None:
         ckpt.wait(latest)
-        log.close()
         raise interrupt.Interrupted(
             stop, f"{interrupt.name(stop)} at step {step}: saved the checkpoint "
                   f"{latest.directory / str(step)}; run the same command to resume")
@@ -261,7 +269,6 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
     results["best_step"] = int(best.best_step())
     results["best_test"] = exp.evaluate(exp.restore(best, best.best_step()), "test")
   log.write(int(state.step), "test", results["test"])
-  log.close()
   if main:
     (exp.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     metrics_log.plot_curves(exp.workdir / "metrics.jsonl", exp.workdir / "curves.png",

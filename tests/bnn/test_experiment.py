@@ -227,6 +227,24 @@ def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path,
 
 
 
+@pytest.mark.real_data
+def test_ctrl_c_before_the_training_loop_stops_cleanly(tmp_path):
+  """Ctrl-C while the data loads or XLA compiles (outside the loop, which saves a step):
+  one line and exit 130. It was a KeyboardInterrupt traceback, then a segfault as Python
+  shut down under XLA's compiling threads."""
+  proc = _main(tmp_path / "w")
+  lines = []
+  for line in proc.stdout:  # the config, then the workdir: train_and_evaluate starts
+    lines.append(line)
+    if line.startswith("workdir: "):
+      break
+  proc.send_signal(signal.SIGINT)
+  out = "".join(lines) + proc.communicate(timeout=300)[0]
+  assert proc.returncode == 130, out[-3000:]
+  assert "stopped: Ctrl-C; the same command goes on from the newest checkpoint" in out
+  assert "Traceback" not in out and "Fatal Python error" not in out, out[-3000:]
+
+
 def test_eval_of_a_sweeps_workdir_names_its_points(tmp_path):
   import configs.fashion_mnist_mlp
   from bnn import checkpoints, experiment
