@@ -84,7 +84,16 @@ def open_builder(name: str, *, data_dir: str | os.PathLike | None = None, idx_di
         source = Path(idx_dir) if idx_dir is not None else builders.default_idx_dir(name)
         if builders.has_idx_files(source):
             log.info("preparing %s from the IDX files in %s into %s", name, source, data_dir or "the TFDS data_dir")
-            builders.prepare_idx_dataset(name, source, data_dir)
+            try:
+                builders.prepare_idx_dataset(name, source, data_dir)
+            except OSError as e:  # a read-only or full data_dir; TFDS leaves no half dataset
+                if isinstance(e, DatasetNotFoundError):
+                    raise
+                raise DatasetNotFoundError(
+                    f"cannot prepare {name} from {source} into {data_dir or Path(builder.data_dir).parents[1]}: "
+                    f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}; set $TFDS_DATA_DIR "
+                    f"or config.dataset.data_dir to a directory with room that you can write"
+                ) from e
             builder = tfds.builder(name, data_dir=data_dir)
         elif idx_dir is not None:
             raise DatasetNotFoundError(f"{idx_dir}: no MNIST-format IDX files for {name}.\n{spec.how_to_get}")

@@ -55,6 +55,17 @@ def test_missing_mnist_is_prepared_from_idx_dir(tmp_path, tiny_idx_dir):
     assert len(view) == TINY_TEST and (tmp_path / "tfds" / "mnist").is_dir()
 
 
+def test_a_data_dir_that_cannot_be_written_names_it_and_the_fix(tmp_path, tiny_idx_dir):
+    """Preparing MNIST into a data_dir that cannot be made (here under a file): one
+    DatasetNotFoundError naming the directory, not an OSError traceback from TFDS."""
+    (tmp_path / "file").write_text("")
+    data_dir = tmp_path / "file" / "tfds"
+    with pytest.raises(sources.DatasetNotFoundError) as e:
+        sources.load_split("mnist", "test", data_dir=data_dir, idx_dir=tiny_idx_dir, cache_dir=None)
+    assert str(e.value).startswith(f"cannot prepare mnist from {tiny_idx_dir} into {data_dir}: ")
+    assert "set $TFDS_DATA_DIR or config.dataset.data_dir to a directory" in str(e.value)
+
+
 def test_missing_mnist_is_prepared_from_env_dir(tmp_path, tiny_idx_dir, monkeypatch):
     monkeypatch.setenv("BNN_MNIST_DIR", str(tiny_idx_dir))
     assert len(sources.load_split("mnist", "test", data_dir=tmp_path / "tfds", cache_dir=None)) == TINY_TEST
