@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import math
+import sys
 from pathlib import Path
 
 import jax
@@ -218,7 +219,10 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
   batches = exp.train_data.dataset[start:exp.num_train_steps]
   # a signal stops the loop after a step, with a checkpoint (one process only: several
   # would have to agree on the step)
+  # a terminal redraws the bar in place; a log file (nohup, Slurm, a sweep's worker) keeps
+  # every redraw, so there it is drawn once a minute
   with tqdm(total=exp.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
+            mininterval=0.1 if sys.stderr.isatty() else 60,
             desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar, \
        ckpt.disk_full_guard(latest), \
        interrupt.on_signal("after this step, with a checkpoint",
@@ -245,7 +249,7 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
         mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
         window = []
         log.write(step, "train", {**mean, "learning_rate": learning_rate(config, state)})
-        bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}")
+        bar.set_postfix(loss=f"{mean['loss']:.3f}", acc=f"{mean['accuracy']:.3f}", refresh=False)
       if end_of_epoch and "validation" in exp.eval_data:
         val = exp.evaluate(state, "validation")
         log.write(step, "validation", val)
