@@ -82,8 +82,7 @@ def run(argv):
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from bnn import experiment
   config = FLAGS.config
-  workdir = FLAGS.workdir or f"workdirs/{config_flags.get_config_filename(FLAGS['config'])}"
-  workdir = workdir.replace("configs/", "").replace(".py", "")
+  workdir = os.path.expanduser(FLAGS.workdir) if FLAGS.workdir else _default_workdir()
   if FLAGS.mode in ("eval", "export", "import") and not FLAGS["config"].present:
     overrides = {name.removeprefix("config."): FLAGS[name].value for name in FLAGS
                  if name.startswith("config.") and FLAGS[name].present}
@@ -106,11 +105,12 @@ def run(argv):
   elif FLAGS.mode in ("export", "import"):
     from bnn import export
     if FLAGS.mode == "export":
-      export.export(config, workdir, FLAGS.bundle, FLAGS.which)
+      export.export(config, workdir, FLAGS.bundle and os.path.expanduser(FLAGS.bundle),
+                    FLAGS.which)
     elif not FLAGS.bundle:
       raise app.UsageError("--mode import needs --bundle PATH")
     else:
-      export.import_bundle(config, FLAGS.bundle, workdir)
+      export.import_bundle(config, os.path.expanduser(FLAGS.bundle), workdir)
   elif FLAGS.mode == "sweep":
     from bnn import sweep
     sweep.run(config, workdir, FLAGS.sweep_workers)
@@ -142,6 +142,15 @@ def parse_flags(argv):
     sys.exit(f"error: --config {path}: no such file in {os.getcwd()}; the configs: "
              f"{_configs('configs/*.py')}; the sweeps: {_configs('configs/sweeps/*.py')}")
   return rest
+
+
+def _default_workdir() -> str:
+  """workdirs/ and the config file's path below configs/, without .py (a --workdir given
+  is taken as it is: it may well contain "configs/" or ".py")."""
+  path = Path(config_flags.get_config_filename(FLAGS["config"])).resolve()
+  configs = ROOT / "configs"
+  name = path.relative_to(configs) if path.is_relative_to(configs) else Path(path.name)
+  return str(Path("workdirs") / name.with_suffix(""))
 
 
 def _configs(pattern: str) -> str:

@@ -37,11 +37,11 @@ def _parser() -> argparse.ArgumentParser:
   sub = p.add_subparsers(dest="command", required=True, metavar="{infer,eval,train,bench}")
 
   def common(sp, data_required=True, split="test"):
-    sp.add_argument("--bundle", type=Path, required=data_required,
+    sp.add_argument("--bundle", type=argtypes.path, required=data_required,
                     help="the model (python main.py --mode export writes one)")
-    sp.add_argument("--data", type=Path, required=data_required,
+    sp.add_argument("--data", type=argtypes.path, required=data_required,
                     help=".npz, IDX images file, or directory of MNIST-named IDX files")
-    sp.add_argument("--labels", type=Path, help="IDX labels file (default: guessed)")
+    sp.add_argument("--labels", type=argtypes.path, help="IDX labels file (default: guessed)")
     sp.add_argument("--split", choices=("train", "test"), default=split,
                     help=f"which files of a --data directory (default {split})")
     sp.add_argument("--limit", type=argtypes.positive_int, help="use only the first N examples")
@@ -51,14 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
   sp = sub.add_parser("infer", help="logits and predictions")
   common(sp)
-  sp.add_argument("--output", type=Path, help="write the logits (N, classes) here (.npy)")
+  sp.add_argument("--output", type=argtypes.path, help="write the logits (N, classes) here (.npy)")
   sp = sub.add_parser("eval", help="loss and accuracy")
   common(sp)
   sp = sub.add_parser("train", help="train with the proposed method, write the bundle back")
   common(sp, split="train")  # training on the test files by default would spoil them
   sp.add_argument("--epochs", type=argtypes.positive_int, default=1)
   sp.add_argument("--steps", type=argtypes.positive_int, help="stop after this many steps")
-  sp.add_argument("--output", type=Path, help="where to write the trained bundle "
+  sp.add_argument("--output", type=argtypes.path, help="where to write the trained bundle "
                                               "(default: over --bundle)")
   sp.add_argument("--seed", type=int, default=0)
   sp.add_argument("--memory", action="store_true",

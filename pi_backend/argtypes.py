@@ -7,6 +7,11 @@ import tempfile
 from pathlib import Path
 
 
+def path(text: str) -> Path:
+  """An argparse type: a path, with ~ expanded (the shell leaves --flag=~/x alone)."""
+  return Path(text).expanduser()
+
+
 def positive_int(text: str) -> int:
   """An argparse type: an integer >= 1."""
   try:

@@ -229,6 +229,21 @@ def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path,
 
 
 
+@pytest.mark.parametrize("given,meant", [
+    ("~/w", "{home}/w"),                                 # --workdir=~/w: not expanded by the shell
+    ("{tmp}/runs/configs/a.py.d", "{tmp}/runs/configs/a.py.d"),  # was cut to runs/a.d
+])
+def test_the_workdir_given_is_the_workdir_used(tmp_path, given, meant):
+  env = {"HOME": str(tmp_path / "home")}
+  given, meant = (x.format(tmp=tmp_path, home=tmp_path / "home") for x in (given, meant))
+  proc = subprocess.run([sys.executable, "main.py", "--mode=eval", f"--workdir={given}"],
+                        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 1
+  assert f"workdir: {meant}\n" in proc.stdout
+  assert f"NoCheckpointError: no checkpoint in {meant}/best" in proc.stderr, proc.stderr
+
+
 @pytest.mark.real_data
 def test_ctrl_c_before_the_training_loop_stops_cleanly(tmp_path):
   """Ctrl-C while the data loads or XLA compiles (outside the loop, which saves a step):

@@ -65,6 +65,18 @@ def test_train_writes_the_bundle_back(files, tmp_path):
   assert Model.load(copy).train_step_count == 8
 
 
+def test_paths_with_a_tilde_are_expanded(files, tmp_path):
+  """--bundle=~/m.bnnpi: the shell expands no ~ after an = sign."""
+  (tmp_path / "m.bnnpi").write_bytes((files / "m.bnnpi").read_bytes())
+  (tmp_path / "data.npz").write_bytes((files / "data.npz").read_bytes())
+  env = dict(os.environ, PYTHONPATH=str(ROOT), HOME=str(tmp_path))
+  proc = subprocess.run([sys.executable, "-m", "pi_backend", "infer", "--bundle=~/m.bnnpi",
+                         "--data=~/data.npz", "--output=~/out/logits.npy"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert np.load(tmp_path / "out" / "logits.npy").shape == (60, 10)
+
+
 def test_train_reads_the_training_files_of_a_directory_and_eval_the_test_files(files, tmp_path):
   """An MNIST-named IDX directory holds both splits: `train` without --split must not
   train on the test files (their accuracy would then mean nothing)."""
