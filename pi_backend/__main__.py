@@ -167,8 +167,9 @@ def _train(args) -> int:
   model.save(output)
   print(f"wrote {output} (training step {model.train_step_count})")
   if watch.signum is not None:
-    print(f"stopped by {interrupt.name(watch.signum)}; run the same command to go on "
-          f"from {output}", file=sys.stderr)
+    how = ("run the same command to go on from it" if output == args.bundle else
+           f"to go on, train from it: --bundle {output}")  # the same command restarts
+    print(f"stopped by {interrupt.name(watch.signum)}; {how}", file=sys.stderr)
     return 128 + watch.signum
   return 0
 

@@ -111,7 +111,10 @@ def test_a_signal_stops_training_after_a_whole_step_and_writes_the_bundle(files,
   proc.send_signal(signum)
   stdout, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signum, stdout + stderr
-  assert f"stopped by {signal.Signals(signum).name}" in stderr and "Traceback" not in stderr
+  assert "Traceback" not in stderr
+  # --output is not --bundle: the same command would start over from --bundle
+  assert (f"stopped by {signal.Signals(signum).name}; to go on, train from it: --bundle {out}"
+          in stderr), stderr
   stopped = Model.load(out)
   steps = stopped.train_step_count
   assert 0 < steps < 6000 and f"wrote {out} (training step {steps})" in stdout
