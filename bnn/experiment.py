@@ -202,6 +202,9 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
   if main:  # only now: a refused resume leaves the workdir as it was
     _record_config(exp.workdir, config, start)
     (exp.workdir / "results.json").unlink(missing_ok=True)  # the run has not ended (yet)
+    if start > exp.num_train_steps:
+      print(f"note: {exp.workdir} is at step {start}, past config.num_train_steps="
+            f"{exp.num_train_steps}: nothing to train; evaluating step {start}", flush=True)
   log = metrics_log.MetricsLog(exp.workdir, resume_step=start) if main else metrics_log.NullLog()
   with contextlib.closing(log):  # also on Ctrl-C or an error: TensorBoard's events flushed
     return _loop(exp, config, latest, best, main, log, state)

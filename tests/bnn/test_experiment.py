@@ -333,3 +333,9 @@ def test_a_finished_run_is_not_redone_and_a_resume_under_a_changed_config_is_rec
   with pytest.raises(OSError):
     experiment.train_and_evaluate(longer, tmp_path)
   assert not sweep.is_finished(tmp_path)
+
+  monkeypatch.undo()  # fewer steps than the workdir has: it says so and evaluates its step
+  capsys.readouterr()
+  assert experiment.train_and_evaluate(config, tmp_path)["step"] == step + 2
+  assert (f"note: {tmp_path} is at step {step + 2}, past config.num_train_steps={step}: "
+          f"nothing to train; evaluating step {step + 2}") in capsys.readouterr().out
