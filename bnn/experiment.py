@@ -9,7 +9,8 @@ Workdir layout:
                        and at the end); a restarted run resumes from the newest
   best/                the checkpoint with the best validation accuracy
   metrics.jsonl        one line per logged step and split; tensorboard/ the same
-  curves.png           loss and accuracy curves, written at the end
+  curves.png           loss and accuracy curves: redrawn after an epoch once 2 minutes
+                       have passed, and when the run ends or stops on a signal
 Resuming is exact: the data order depends only on (seed, step), and the training
 state (parameters, batch-norm statistics, optimizer and plateau state, RNG)
 comes back bit for bit.
@@ -26,6 +27,7 @@ import functools
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -40,6 +42,11 @@ from bnn import checkpoints as ckpt
 from bnn import config_validation, data, distributed, metrics_log, models, optim, train
 from bnn import workdir_lock
 from pi_backend import interrupt
+
+
+# curves.png is redrawn at the end of an epoch when this long has passed since the last
+# time (and when the run ends or stops on a signal)
+CURVES_EVERY_SECONDS = 120
 
 
 def learning_rate(config, state: train.TrainState) -> float:
@@ -215,6 +222,10 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
           state: train.TrainState) -> dict:
   """The training steps from state's, then the test evaluation."""
   start = int(state.step)
+  plot = functools.partial(metrics_log.plot_curves, exp.workdir / "metrics.jsonl",
+                           exp.workdir / "curves.png", title=f"{config.model.name} / "
+                           f"{config.dataset.name} / {config.model.method}")
+  next_plot = time.monotonic() + CURVES_EVERY_SECONDS
   step_fn = train.make_train_step(exp.model, exp.tx, exp.plan)
   steps_per_epoch = exp.train_data.steps_per_epoch
   window = []
@@ -261,10 +272,15 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
         if main:
           bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): validation accuracy "
                     f"{val['accuracy']:.4f}")
+          if time.monotonic() >= next_plot:  # curves.png to look at during a long run
+            plot()
+            next_plot = time.monotonic() + CURVES_EVERY_SECONDS
       ckpt.save(latest, step, state, force=step == exp.num_train_steps or stop is not None)
       bar.update(1)
       if stop is not None:
         ckpt.wait(latest)
+        if main:
+          plot()
         raise interrupt.Interrupted(
             stop, f"{interrupt.name(stop)} at step {step}: saved the checkpoint "
                   f"{latest.directory / str(step)}; run the same command to resume")
@@ -278,9 +294,7 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
   log.write(int(state.step), "test", results["test"])
   if main:
     (exp.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    metrics_log.plot_curves(exp.workdir / "metrics.jsonl", exp.workdir / "curves.png",
-                            title=f"{config.model.name} / {config.dataset.name} / "
-                                  f"{config.model.method}")
+    plot()
   return results
 
 

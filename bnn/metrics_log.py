@@ -60,9 +60,12 @@ def plot_curves(jsonl: Path, png: Path, title: str = "") -> Path:
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(png, dpi=110)
+  png = Path(png)
+  partial = png.with_name(png.name + ".partial")  # an image viewer never sees half a file
+  fig.savefig(partial, dpi=110, format=png.suffix.lstrip(".") or "png")
   plt.close(fig)
-  return Path(png)
+  partial.replace(png)
+  return png
 
 
 class NullLog:

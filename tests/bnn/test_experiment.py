@@ -262,6 +262,39 @@ def test_ctrl_c_before_the_training_loop_stops_cleanly(tmp_path):
   assert "Traceback" not in out and "Fatal Python error" not in out, out[-3000:]
 
 
+@pytest.mark.real_data
+def test_curves_are_drawn_during_the_run_not_only_at_its_end(tmp_path, monkeypatch):
+  """A long run's curves.png can be looked at before it ends: here the run fails in its
+  fifth step, after two epochs of two steps, and curves.png shows those."""
+  import configs.fashion_mnist_mlp
+  from bnn import experiment, train
+  config = configs.fashion_mnist_mlp.get_config("quick")
+  config.dataset.validation_size = 60000 - 2 * config.batch_size  # 2 steps an epoch
+  config.num_train_steps = 6
+  monkeypatch.setattr(experiment, "CURVES_EVERY_SECONDS", 0)
+  make = train.make_train_step
+
+  def failing_in_step_5(*args):
+    step, calls = make(*args), []
+
+    def run(*a):
+      calls.append(1)
+      if len(calls) == 5:
+        raise OSError("the fifth step fails")
+      return step(*a)
+    return run
+
+  monkeypatch.setattr(train, "make_train_step", failing_in_step_5)
+  with pytest.raises(OSError, match="fifth"):
+    experiment.train_and_evaluate(config, tmp_path)
+  png = tmp_path / "curves.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  validations = [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
+                 if r["split"] == "validation"]
+  assert validations == [2, 4]
+  assert not list(tmp_path.glob("*.partial"))
+
+
 def test_eval_of_a_sweeps_workdir_names_its_points(tmp_path):
   import configs.fashion_mnist_mlp
   from bnn import checkpoints, experiment
