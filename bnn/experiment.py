@@ -303,19 +303,20 @@ def _record_config(workdir: Path, config: ml_collections.ConfigDict, step: int) 
   lr, more steps) says what changed, and keeps the saved config as
   config.until_step_<step>.json: the record of what trained the steps before."""
   path = workdir / "config.json"
-  if step and path.exists():
+  if step:
     try:
       changes = ckpt.config_changes(json.loads(path.read_text()), config)
-    except ValueError:  # unreadable: check_workdir_config has said so if it mattered
+    except (OSError, ValueError):  # none, or unreadable (check_workdir_config has said so)
       changes = {}
-    kept = workdir / f"config.until_step_{step}.json"
-    if changes and not kept.exists():  # exists: a resume from this step changed it before
-      path.replace(kept)
-    print(f"resuming from step {step} ({workdir / 'checkpoints'})" + (
-        "; changed: " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
-        + f" (the previous config.json is kept as {kept.name})" if changes else ""), flush=True)
-  elif step:
-    print(f"resuming from step {step} ({workdir / 'checkpoints'})", flush=True)
+    note = ""
+    if changes:
+      kept = workdir / f"config.until_step_{step}.json"
+      if not kept.exists():  # exists: a resume from this step changed the config before
+        path.replace(kept)
+      note = ("; changed: " + ", ".join(f"{k} {old!r} -> {new!r}"
+                                        for k, (old, new) in changes.items())
+              + f" (the previous config.json is kept as {kept.name})")
+    print(f"resuming from step {step} ({workdir / 'checkpoints'}){note}", flush=True)
   path.write_text(config.to_json_best_effort(indent=2) + "\n")
 
 
