@@ -7,7 +7,8 @@ Sweep workdir layout:
                           (time, pid)
   <point>/                the point's experiment workdir (bnn/experiment.py: checkpoints,
                           metrics, results.json), memory.json, and error.txt if it failed
-                          (a one-line summary, then the traceback)
+                          (a one-line summary, then the traceback); with worker
+                          processes, output.log: what the point's process printed
   results.csv, results.md, accuracy_vs_memory.png   (bnn/sweep_report.py)
 
 A point is finished when <point>/results.json exists. Running the same command again
@@ -119,6 +120,9 @@ def plan(sweep: ml_collections.ConfigDict) -> list[Point]:
   return points
 
 
+OUTPUT_LOG = "output.log"  # a worker process's stdout and stderr, in its point's workdir
+
+
 def is_finished(point_dir: Path) -> bool:
   return (Path(point_dir) / "results.json").exists()
 
@@ -175,10 +179,32 @@ def _child(point: Point, workdir: str, parent: int) -> None:
     pass
   if os.getppid() != parent:  # the parent died before prctl took effect
     os._exit(1)
+  # the point's output goes to its own file: several workers' progress bars on one
+  # terminal garbled each other (the sweep process says where each point's output is)
+  point_dir = Path(workdir) / point.name
+  point_dir.mkdir(parents=True, exist_ok=True)
+  with open(point_dir / OUTPUT_LOG, "a", buffering=1) as log:
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
   try:
     run_point(point, Path(workdir))
   except interrupt.Interrupted as e:  # saved and logged: no traceback
     raise SystemExit(e.exit_code) from None
+
+
+def _outcome(point_dir: Path) -> str:
+  """One line on how a worker's point ended, for the sweep's own output."""
+  try:
+    results = json.loads((point_dir / "results.json").read_text())
+    best = results.get("best_test", results["test"])["accuracy"]
+    return (f"finished at step {results['step']}: test accuracy {results['test']['accuracy']:.4f}"
+            f" (best validation checkpoint: {best:.4f})")
+  except (OSError, ValueError, KeyError, TypeError):
+    pass
+  error = point_dir / "error.txt"
+  if error.exists():
+    return f"failed: {error.read_text().splitlines()[0]} ({error})"
+  return f"stopped; its step is saved ({point_dir / OUTPUT_LOG})"
 
 
 def _run_in_processes(todo: list[Point], workdir: Path, workers: int, done) -> None:
@@ -203,6 +229,8 @@ def _run_in_processes(todo: list[Point], workdir: Path, workers: int, done) -> N
                            name=f"sweep:{point.name}")
         proc.start()
         running[proc.sentinel] = (point, proc)
+        print(f"{point.name}: started in process {proc.pid}; its output: "
+              f"{workdir / point.name / OUTPUT_LOG}", flush=True)
       if not running:
         break
       for sentinel in wait(list(running)):
@@ -214,6 +242,7 @@ def _run_in_processes(todo: list[Point], workdir: Path, workers: int, done) -> N
           message = f"worker process exited with code {proc.exitcode}"
           (point_dir / "error.txt").write_text(message + "\n")
           _log(workdir, point.name, "failed", error=message)
+        print(f"{point.name}: {_outcome(point_dir)}", flush=True)
         done()
   if watch.signum is not None:
     raise interrupt.Interrupted(

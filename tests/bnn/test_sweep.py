@@ -171,15 +171,24 @@ def _events(workdir):
 
 @pytest.mark.slow
 @pytest.mark.real_data
-def test_failing_point_is_recorded_and_the_others_run(tmp_path):
+def test_failing_point_is_recorded_and_the_others_run(tmp_path, capsys):
   """Two worker processes; one point's dataset is missing (from a data_dir that
-  exists: a data_dir that does not is refused up front, for the whole sweep)."""
+  exists: a data_dir that does not is refused up front, for the whole sweep). Each
+  worker's output goes to its point's output.log; the sweep says how each point ended."""
   (tmp_path / "no_data").mkdir()
   points = [{"name": "broken", "dataset.name": "cifar10", "model.name": "cnv",
              "dataset.data_dir": str(tmp_path / "no_data")},
             {"name": "ok", "model.method": "proposed"}]
   w = tmp_path / "w"
   rows = sweep.run(_sweep(points), w, workers=2)
+  out = capsys.readouterr().out
+  for name in ("broken", "ok"):
+    assert f"{name}: started in process " in out and f"{w / name / 'output.log'}" in out
+  assert "ok: finished at step 3: test accuracy " in out
+  assert f"broken: failed: DatasetNotFoundError: " in out and "error.txt" in out
+  assert "mlp/proposed" in (w / "ok" / "output.log").read_text()  # its progress bar
+  assert "sweep point broken failed" in (w / "broken" / "output.log").read_text()
+  assert "mlp/proposed" not in out
   by_name = {r["point"]: r for r in rows}
   assert by_name["broken"]["status"] == "failed" and "cifar10" in by_name["broken"]["error"]
   assert "Traceback" in (w / "broken" / "error.txt").read_text()
