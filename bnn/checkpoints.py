@@ -53,8 +53,13 @@ class NoCheckpointError(CheckpointError, FileNotFoundError):
 def manager(directory: Path, options: ocp.CheckpointManagerOptions) -> ocp.CheckpointManager:
   """A manager whose items are StandardSave trees (so their metadata can be read
   before restoring)."""
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options,
+  mngr = ocp.CheckpointManager(Path(directory).absolute(), options=options,
                                item_handlers=ocp.StandardCheckpointHandler())
+  # orbax removes half-written checkpoints in a thread that close() does not wait for: a
+  # command that ended soon after (an export that found nothing to export) printed that
+  # thread's "cannot schedule new futures after shutdown" traceback under its message
+  getattr(mngr, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+  return mngr
 
 
 def _first_line(error: BaseException) -> str:

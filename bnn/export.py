@@ -287,6 +287,14 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
     with contextlib.closing(exp.checkpoints(directory.name)) as manager:
       step = manager.best_step() if which == "best" else manager.latest_step()
       state = None if step is None else exp.restore(manager, step)
+  if step is None and which == "best" and (exp.workdir / "checkpoints").is_dir():
+    with contextlib.closing(exp.checkpoints()) as manager:
+      latest = manager.latest_step()
+    if latest is not None:
+      raise ckpt.NoCheckpointError(
+          f"no best-validation checkpoint in {directory}: the run has none (no validation "
+          f"split, config.dataset.validation_size=0, or no epoch ended yet); --which latest "
+          f"exports its newest checkpoint, step {latest}")
   if step is None:
     from bnn import experiment  # pylint: disable=import-outside-toplevel
     raise experiment.no_checkpoint(exp.workdir, str(directory))

@@ -377,3 +377,25 @@ def test_import_into_a_workdir_of_another_experiment_is_refused(tmp_path):
                      match="model.method: 'standard' in the checkpoint's config, 'proposed'"):
     export.import_bundle(config, path, other)
   assert not (other / "checkpoints").exists() or not any((other / "checkpoints").iterdir())
+
+
+def test_export_of_a_best_checkpoint_a_run_does_not_have_says_why(tmp_path):
+  """A run without a validation split has no best/ checkpoint: the error says so and
+  names --which latest (not "train first"), and nothing follows it (orbax's cleanup
+  thread, which close() did not wait for, printed a traceback at exit 5 times in 6)."""
+  from bnn import experiment
+  config = fashion_mnist_mlp.get_config("quick")
+  config.dataset.validation_size = 0
+  exp = experiment.Experiment(config, tmp_path / "w")
+  with contextlib.closing(exp.checkpoints()) as manager:
+    ckpt.save(manager, 3, exp.initial_state(), force=True)
+    manager.wait_until_finished()
+  (tmp_path / "w" / "best").mkdir()
+  (tmp_path / "w" / "config.json").write_text(config.to_json_best_effort())
+  out = _main("main.py", "--mode=export", "--which=best", f"--workdir={tmp_path / 'w'}",
+              returncode=1)
+  assert out.rstrip().endswith(
+      f"error: NoCheckpointError: no best-validation checkpoint in {tmp_path / 'w' / 'best'}: "
+      f"the run has none (no validation split, config.dataset.validation_size=0, or no "
+      f"epoch ended yet); --which latest exports its newest checkpoint, step 3"), out[-2000:]
+  assert "Traceback" not in out and "cannot schedule" not in out, out[-3000:]
