@@ -25,7 +25,9 @@ def _one_line(e: BaseException) -> str:
 
 try:  # the default config file is parsed here, with any --config.* overrides
   config_flags.DEFINE_config_file("config", "configs/fashion_mnist_mlp.py",
-                                  "Experiment config file, optionally with :variant.")
+                                  "Experiment config file, optionally with :variant "
+                                  "(--mode eval, export, import: default the workdir's "
+                                  "config.json).")
 except (AttributeError, KeyError) as e:
   sys.exit(_UNKNOWN_KEY.format(_one_line(e)))
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and curves go here "
