@@ -41,7 +41,7 @@ from tqdm import tqdm
 from bnn import checkpoints as ckpt
 from bnn import config_validation, data, distributed, metrics_log, models, optim, train
 from bnn import workdir_lock
-from pi_backend import interrupt
+from pi_backend import atomic, interrupt
 
 
 # curves.png is redrawn at the end of an epoch when this long has passed since the last
@@ -293,7 +293,7 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
     results["best_test"] = exp.evaluate(exp.restore(best, best.best_step()), "test")
   log.write(int(state.step), "test", results["test"])
   if main:
-    (exp.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic.write_text(exp.workdir / "results.json", json.dumps(results, indent=2) + "\n")
     plot()
   return results
 
@@ -317,7 +317,7 @@ def _record_config(workdir: Path, config: ml_collections.ConfigDict, step: int) 
                                         for k, (old, new) in changes.items())
               + f" (the previous config.json is kept as {kept.name})")
     print(f"resuming from step {step} ({workdir / 'checkpoints'}){note}", flush=True)
-  path.write_text(config.to_json_best_effort(indent=2) + "\n")
+  atomic.write_text(path, config.to_json_best_effort(indent=2) + "\n")
 
 
 def saved_config(workdir: str | Path, overrides: dict | None = None

@@ -34,6 +34,7 @@ from bnn import layers as bnn_layers
 from bnn import optim, workdir_lock
 from bnn.models.convnet import ConvNet
 from bnn.models.mlp import MLP
+from pi_backend import atomic
 from pi_backend import bundle as bundle_lib
 from pi_backend import signs
 
@@ -339,7 +340,7 @@ def import_bundle(config, bundle_path, workdir) -> int:
     manager.wait_until_finished()
     config_json = exp.workdir / "config.json"
     if not config_json.exists():  # says what the checkpoint holds, for eval and training
-      config_json.write_text(config.to_json_best_effort(indent=2) + "\n")
+      atomic.write_text(config_json, config.to_json_best_effort(indent=2) + "\n")
   print(f"imported {bundle_path} (training step {step}) into {manager.directory}; "
         f"evaluate with --mode eval --workdir {exp.workdir}")
   return step

@@ -2,10 +2,13 @@
 (tensorboardX), and a PNG of the curves at the end."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+
+from pi_backend import atomic
 
 
 class MetricsLog:
@@ -20,7 +23,8 @@ class MetricsLog:
     if self.path.exists():
       kept = [line for line in self.path.read_text().splitlines()
               if line.strip() and json.loads(line)["step"] <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+      # whole or not at all: a preemption here would otherwise cut the run's history
+      atomic.write_text(self.path, "".join(line + "\n" for line in kept))
     self._file = open(self.path, "a")
     self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
 
@@ -60,12 +64,10 @@ def plot_curves(jsonl: Path, png: Path, title: str = "") -> Path:
     ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
-  png = Path(png)
-  partial = png.with_name(png.name + ".partial")  # an image viewer never sees half a file
-  fig.savefig(partial, dpi=110, format=png.suffix.lstrip(".") or "png")
+  image = io.BytesIO()
+  fig.savefig(image, dpi=110, format="png")
   plt.close(fig)
-  partial.replace(png)
-  return png
+  return atomic.write_bytes(png, image.getvalue())  # a viewer never sees half an image
 
 
 class NullLog:

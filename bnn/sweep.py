@@ -34,7 +34,7 @@ from pathlib import Path
 import ml_collections
 
 from bnn import config_validation, workdir_lock
-from pi_backend import interrupt
+from pi_backend import atomic, interrupt
 
 NAME_KEY = "name"  # a point's optional explicit name; every other key is a config override
 
@@ -264,7 +264,7 @@ def run(sweep: ml_collections.ConfigDict, workdir: str | Path, workers: int = 1)
 def _run_locked(sweep, points: list[Point], workdir: Path, workers: int) -> list[dict]:
   from bnn import sweep_report
 
-  (workdir / "sweep.json").write_text(sweep.to_json_best_effort(indent=2) + "\n")
+  atomic.write_text(workdir / "sweep.json", sweep.to_json_best_effort(indent=2) + "\n")
   title = f"{workdir.name}: {Path(sweep.get('base_file', '')).stem}, {len(points)} points"
   report = lambda: sweep_report.write(points, workdir, title)  # noqa: E731
 

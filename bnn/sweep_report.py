@@ -5,12 +5,15 @@ that no other point beats on both memory and accuracy)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from pi_backend import atomic
 
 MIB = 2**20
 
@@ -80,7 +83,7 @@ def point_memory(config, point_dir: Path) -> dict:
   except Exception as e:  # noqa: BLE001  (a report column, not a reason to stop)
     result = {"error": f"{type(e).__name__}: {e}"}
   Path(point_dir).mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(result, indent=2) + "\n")
+  atomic.write_text(path, json.dumps(result, indent=2) + "\n")
   return result
 
 
@@ -164,12 +167,12 @@ def _mark_front(rows: list[dict]) -> None:
 
 def write_csv(rows: list[dict], path: Path) -> Path:
   columns = list(dict.fromkeys(k for r in rows for k in r))
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=columns)
-    writer.writeheader()
-    for r in rows:
-      writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-  return Path(path)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=columns)
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+  return atomic.write_text(path, text.getvalue())
 
 
 def _fmt(value, scale=1.0, digits=2, suffix="") -> str:
@@ -272,9 +275,10 @@ def plot(rows: list[dict], png: Path, title: str = "") -> Path:
                fontsize=8)
   fig.suptitle(title)
   fig.tight_layout(rect=(0, 0, 0.8 if handles else 1, 1))
-  fig.savefig(png, dpi=110)
+  image = io.BytesIO()
+  fig.savefig(image, dpi=110, format="png")
   plt.close(fig)
-  return Path(png)
+  return atomic.write_bytes(png, image.getvalue())
 
 
 def write(points, workdir: Path, title: str = "") -> list[dict]:
@@ -282,6 +286,6 @@ def write(points, workdir: Path, title: str = "") -> list[dict]:
   workdir = Path(workdir)
   rows = collect(points, workdir)
   write_csv(rows, workdir / "results.csv")
-  (workdir / "results.md").write_text(markdown(rows, title))
+  atomic.write_text(workdir / "results.md", markdown(rows, title))
   plot(rows, workdir / "accuracy_vs_memory.png", title)
   return rows

@@ -75,13 +75,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pi_backend import atomic
 from pi_backend import graph as graph_lib
 from pi_backend.errors import BundleError
 
@@ -156,36 +155,8 @@ def encode(metadata: dict, tensors: dict) -> bytes:
 
 def write(path, metadata: dict, tensors: dict) -> Path:
   """Writes a bundle atomically: nothing at ``path`` changes unless the whole file was
-  written (a temporary file in the same directory, fsync, then os.replace)."""
-  path = Path(path)
-  data = encode(metadata, tensors)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    os.fchmod(fd, _mode_for(path))  # mkstemp's 0600 would hide the bundle from other users
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    try:
-      os.unlink(tmp)
-    except FileNotFoundError:
-      pass
-    raise
-  return path
-
-
-def _mode_for(path: Path) -> int:
-  """The permissions a plain open() would give a new file (0666 less the umask), or those
-  of the file being replaced."""
-  try:
-    return os.stat(path).st_mode & 0o7777
-  except FileNotFoundError:
-    umask = os.umask(0)  # the only way to read it; set back at once
-    os.umask(umask)
-    return 0o666 & ~umask
+  written (pi_backend/atomic.py)."""
+  return atomic.write_bytes(path, encode(metadata, tensors))
 
 
 def read(path) -> Bundle:

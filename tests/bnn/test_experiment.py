@@ -292,7 +292,7 @@ def test_curves_are_drawn_during_the_run_not_only_at_its_end(tmp_path, monkeypat
   validations = [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
                  if r["split"] == "validation"]
   assert validations == [2, 4]
-  assert not list(tmp_path.glob("*.partial"))
+  assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left
 
 
 def test_eval_of_a_sweeps_workdir_names_its_points(tmp_path):

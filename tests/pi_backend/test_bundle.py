@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from pi_backend import bundle
+from pi_backend import atomic, bundle
 from pi_backend.errors import BundleError
 from tests.pi_backend import bundles
 
@@ -80,17 +80,17 @@ def test_write_is_atomic(tmp_path, mlp, monkeypatch):
   before = path.read_bytes()
   meta, tensors = copy.deepcopy(mlp[0]), dict(mlp[1])
   meta["train_step"] = 7
-  real_replace = bundle.os.replace
+  real_replace = atomic.os.replace
 
   def failing_replace(src, dst):
     raise OSError("disk full")
 
-  monkeypatch.setattr(bundle.os, "replace", failing_replace)
+  monkeypatch.setattr(atomic.os, "replace", failing_replace)
   with pytest.raises(OSError, match="disk full"):
     bundle.write(path, meta, tensors)
   assert path.read_bytes() == before
   assert [p.name for p in tmp_path.iterdir()] == ["m.bnnpi"]  # no temporary file left
-  monkeypatch.setattr(bundle.os, "replace", real_replace)
+  monkeypatch.setattr(atomic.os, "replace", real_replace)
   bundle.write(path, meta, tensors)
   assert bundle.read(path).graph.train_step == 7
 
