@@ -1,5 +1,5 @@
 """Where training metrics go: a JSONL file (the record), TensorBoard event files
-(tensorboardX), and a PNG of the curves at the end."""
+(tensorboardX), and a PNG of the curves (redrawn during a run and at its end)."""
 from __future__ import annotations
 
 import io
