@@ -202,9 +202,11 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
   start = int(state.step)
   if start >= exp.num_train_steps and (done := _results_of_step(exp.workdir, start)):
     if main:  # the workdir is left as it is: this config trained nothing
-      print(f"nothing to train: {exp.workdir} is at step {start} and config.num_train_steps "
-            f"is {exp.num_train_steps} (raise it to train on); the results from its "
-            f"results.json:", flush=True)
+      limit = (f"config.num_train_steps is {exp.num_train_steps} (raise it to train on)"
+               if config.num_train_steps > 0 else f"config.num_epochs={config.num_epochs} "
+               f"makes {exp.num_train_steps} steps (raise it to train on)")
+      print(f"nothing to train: {exp.workdir} is at step {start} and {limit}; the results "
+            f"from its results.json:", flush=True)
     return done
   if main:  # only now: a refused resume leaves the workdir as it was
     _record_config(exp.workdir, config, start)
