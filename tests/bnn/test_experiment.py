@@ -228,7 +228,6 @@ def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path,
     assert "train first: python main.py --mode train" in out
 
 
-
 @pytest.mark.parametrize("given,meant", [
     ("~/w", "{home}/w"),                                 # --workdir=~/w: not expanded by the shell
     ("{tmp}/runs/configs/a.py.d", "{tmp}/runs/configs/a.py.d"),  # was cut to runs/a.d
@@ -357,7 +356,7 @@ def test_a_finished_run_is_not_redone_and_a_resume_under_a_changed_config_is_rec
   assert (tmp_path / f"config.until_step_{step}.json").read_bytes() == before["config.json"]
   assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["lr"] == 0.002
   assert results["step"] == step + 2
-  tests = [(r["step"]) for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
+  tests = [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open())
            if r["split"] == "test"]
   assert tests == [step, step + 2]
 
