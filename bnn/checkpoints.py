@@ -199,12 +199,6 @@ def _closed_loop_reports_dropped_after_a_failure():
     sys.unraisablehook = previous
 
 
-def _get(tree: dict, dotted: str):
-  for part in dotted.split("."):
-    tree = tree[part]
-  return tree
-
-
 def _flatten(prefix: str, value) -> dict:
   if isinstance(value, dict):
     return {k: v for key, sub in value.items() for k, v in _flatten(f"{prefix}.{key}", sub).items()}
@@ -221,20 +215,14 @@ def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict[str,
 
 
 def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """Differences in IDENTITY_KEYS between a saved config.json and config."""
-  current = json.loads(config.to_json_best_effort())  # same encoding as config.json
-  out = []
-  for key in IDENTITY_KEYS:
-    try:
-      old = _flatten(key, _get(stored, key))
-    except (KeyError, TypeError):
-      continue  # a key older config files did not have
-    new = _flatten(key, _get(current, key))
-    for k in sorted(set(old) | set(new)):
-      if old.get(k, "<absent>") != new.get(k, "<absent>"):
-        out.append(f"{k}: {old.get(k, '<absent>')!r} in the checkpoint's config, "
-                   f"{new.get(k, '<absent>')!r} in this one")
-  return out
+  """The config_changes in IDENTITY_KEYS, as lines; an identity key the saved file does
+  not have at all (older config files) is not compared."""
+  saved = {k[1:] for k in _flatten("", stored)}
+  keys = [key for key in IDENTITY_KEYS
+          if any(k == key or k.startswith(key + ".") for k in saved)]
+  return [f"{k}: {old!r} in the checkpoint's config, {new!r} in this one"
+          for k, (old, new) in config_changes(stored, config).items()
+          if any(k == key or k.startswith(key + ".") for key in keys)]
 
 
 def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,

@@ -200,20 +200,20 @@ def _train(exp: Experiment, config: ml_collections.ConfigDict,
   else:
     state = exp.initial_state()
   start = int(state.step)
-  if start >= exp.num_train_steps and (done := _results_of_step(exp.workdir, start)):
+  total = exp.num_train_steps
+  length = (f"config.num_train_steps is {total}" if config.num_train_steps > 0 else
+            f"config.num_epochs={config.num_epochs} makes {total} steps")
+  if start >= total and (done := _results_of_step(exp.workdir, start)):
     if main:  # the workdir is left as it is: this config trained nothing
-      limit = (f"config.num_train_steps is {exp.num_train_steps} (raise it to train on)"
-               if config.num_train_steps > 0 else f"config.num_epochs={config.num_epochs} "
-               f"makes {exp.num_train_steps} steps (raise it to train on)")
-      print(f"nothing to train: {exp.workdir} is at step {start} and {limit}; the results "
-            f"from its results.json:", flush=True)
+      print(f"nothing to train: {exp.workdir} is at step {start} and {length} (raise it to "
+            f"train on); the results from its results.json:", flush=True)
     return done
   if main:  # only now: a refused resume leaves the workdir as it was
     _record_config(exp.workdir, config, start)
     (exp.workdir / "results.json").unlink(missing_ok=True)  # the run has not ended (yet)
-    if start > exp.num_train_steps:
-      print(f"note: {exp.workdir} is at step {start}, past config.num_train_steps="
-            f"{exp.num_train_steps}: nothing to train; evaluating step {start}", flush=True)
+    if start > total:
+      print(f"note: {exp.workdir} is at step {start}, past its end ({length}): nothing to "
+            f"train; evaluating step {start}", flush=True)
   log = metrics_log.MetricsLog(exp.workdir, resume_step=start) if main else metrics_log.NullLog()
   with contextlib.closing(log):  # also on Ctrl-C or an error: TensorBoard's events flushed
     return _loop(exp, config, latest, best, main, log, state)
@@ -223,7 +223,7 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
           best: ocp.CheckpointManager, main: bool, log: metrics_log.MetricsLog,
           state: train.TrainState) -> dict:
   """The training steps from state's, then the test evaluation."""
-  start = int(state.step)
+  start, total = int(state.step), exp.num_train_steps
   plot = functools.partial(metrics_log.plot_curves, exp.workdir / "metrics.jsonl",
                            exp.workdir / "curves.png", title=f"{config.model.name} / "
                            f"{config.dataset.name} / {config.model.method}")
@@ -232,12 +232,12 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
   steps_per_epoch = exp.train_data.steps_per_epoch
   window = []
 
-  batches = exp.train_data.dataset[start:exp.num_train_steps]
+  batches = exp.train_data.dataset[start:total]
   # a signal stops the loop after a step, with a checkpoint (one process only: several
   # would have to agree on the step)
   # a terminal redraws the bar in place; a log file (nohup, Slurm, a sweep's worker) keeps
   # every redraw, so there it is drawn once a minute
-  with tqdm(total=exp.num_train_steps, initial=start, unit="step", dynamic_ncols=True,
+  with tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
             mininterval=0.1 if sys.stderr.isatty() else 60,
             desc=f"{config.model.name}/{config.model.method}", disable=not main) as bar, \
        ckpt.disk_full_guard(latest), \
@@ -248,8 +248,8 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
       state, metrics = step_fn(state, batch["image"], batch["label"])
       window.append(metrics)
       stop = watch.signum  # read once: a signal may come at any line
-      end_of_epoch = step % steps_per_epoch == 0 or step == exp.num_train_steps
-      log_now = (step % config.log_every_steps == 0 or step == exp.num_train_steps
+      end_of_epoch = step % steps_per_epoch == 0 or step == total
+      log_now = (step % config.log_every_steps == 0 or step == total
                  or stop is not None)
       if log_now or end_of_epoch or latest.should_save(step):  # never save a NaN state
         window = jax.device_get(window)  # fetched once, for this check and the log
@@ -277,7 +277,7 @@ def _loop(exp: Experiment, config: ml_collections.ConfigDict, latest: ocp.Checkp
           if time.monotonic() >= next_plot:  # curves.png to look at during a long run
             plot()
             next_plot = time.monotonic() + CURVES_EVERY_SECONDS
-      ckpt.save(latest, step, state, force=step == exp.num_train_steps or stop is not None)
+      ckpt.save(latest, step, state, force=step == total or stop is not None)
       bar.update(1)
       if stop is not None:
         ckpt.wait(latest)

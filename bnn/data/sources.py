@@ -86,9 +86,9 @@ def open_builder(name: str, *, data_dir: str | os.PathLike | None = None, idx_di
             log.info("preparing %s from the IDX files in %s into %s", name, source, data_dir or "the TFDS data_dir")
             try:
                 builders.prepare_idx_dataset(name, source, data_dir)
+            except DatasetNotFoundError:
+                raise
             except OSError as e:  # a read-only or full data_dir; TFDS leaves no half dataset
-                if isinstance(e, DatasetNotFoundError):
-                    raise
                 raise DatasetNotFoundError(
                     f"cannot prepare {name} from {source} into {data_dir or Path(builder.data_dir).parents[1]}: "
                     f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}; set $TFDS_DATA_DIR "

@@ -369,5 +369,5 @@ def test_a_finished_run_is_not_redone_and_a_resume_under_a_changed_config_is_rec
   monkeypatch.undo()  # fewer steps than the workdir has: it says so and evaluates its step
   capsys.readouterr()
   assert experiment.train_and_evaluate(config, tmp_path)["step"] == step + 2
-  assert (f"note: {tmp_path} is at step {step + 2}, past config.num_train_steps={step}: "
-          f"nothing to train; evaluating step {step + 2}") in capsys.readouterr().out
+  assert (f"note: {tmp_path} is at step {step + 2}, past its end (config.num_train_steps is "
+          f"{step}): nothing to train; evaluating step {step + 2}") in capsys.readouterr().out
