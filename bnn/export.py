@@ -4,15 +4,17 @@
     python main.py --mode import --config C --workdir W2 --bundle B
     python main.py --mode eval   --config C --workdir W2
 
-Only the proposed method with Adam, the ste_sign activation and the MLP or ConvNet
-models (CNV, BinaryNet) can be exported: pi_backend runs nothing else. Latent weights,
-batch-norm betas and Adam moments are stored in float16 (the proposed method's
-storage): a checkpoint with float32 state (optimizer.state_dtype "default"/"float32")
-is rounded to nearest float16 on export, and said so; one with float16 state goes over
-bit for bit. Running statistics stay float32.
+Only the proposed method with Adam or factored_adam (the memory-lean state, config
+variant :lean), the ste_sign activation and the MLP or ConvNet models (CNV, BinaryNet)
+can be exported: pi_backend runs nothing else. Latent weights, batch-norm betas and
+first moments (Adam's v too) are stored in float16 (the proposed method's storage): a
+checkpoint with float32 state (optimizer.state_dtype "default"/"float32",
+weight_dtype "float32" of :lean) is rounded to nearest float16 on export, and said so;
+one with float16 state goes over bit for bit. Running statistics, factored_adam's
+row and column statistics and its betas' Adam moments stay float32.
 
 Import starts from the config's initial state and replaces the parameters, batch-norm
-statistics, Adam moments and count, the training step and the plateau schedule's
+statistics, optimizer state and count, the training step and the plateau schedule's
 learning-rate factor (bundle lr / config lr) with the bundle's; the rest (RNG,
 plateau bookkeeping) is the initial state's. It writes one orbax checkpoint at the
 bundle's training step into W2/checkpoints, which ``--mode eval`` evaluates.
@@ -39,6 +41,7 @@ from pi_backend import bundle as bundle_lib
 from pi_backend import signs
 
 MODELS = ("mlp", "cnv", "binarynet")
+OPTIMIZERS = ("adam", "factored_adam")  # pi_backend/graph.py OPTIMIZERS
 _DEFAULTS = {"grad_quantizer": "identity", "bn_grad_quantizer": "float16",
              "weight_grad_quantizer": "sign_scaled"}
 
@@ -55,8 +58,9 @@ def check_config(config) -> None:
                       f"'proposed' method")
   if m.name not in MODELS:
     raise ExportError(f"config.model.name={m.name!r}: pi_backend runs only {list(MODELS)}")
-  if o.name != "adam":
-    raise ExportError(f"config.optimizer.name={o.name!r}: pi_backend trains only with 'adam'")
+  if o.name not in OPTIMIZERS:
+    raise ExportError(f"config.optimizer.name={o.name!r}: pi_backend trains only with "
+                      f"{' or '.join(map(repr, OPTIMIZERS))}")
   if quantizers.get(m.activation, "forward").name != "ste_sign":
     raise ExportError(f"config.model.activation={m.activation!r}: pi_backend runs only "
                       f"'ste_sign'")
@@ -165,23 +169,46 @@ def layer_graph(model, input_shape) -> list[dict]:
 
 # ---- state -> bundle -------------------------------------------------------------------------
 
-def _adam_state(opt_state):
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(
-      s, optax.ScaleByAdamState)) if isinstance(s, optax.ScaleByAdamState)]
-  if len(found) != 1:
-    raise ExportError(f"the optimizer state has {len(found)} Adam states; expected exactly "
-                      f"one (config.optimizer.name='adam')")
-  return found[0]
+_STATES = (optax.ScaleByAdamState, optax.FactoredState, optax.EmaState,
+           optax.contrib.ReduceLROnPlateauState)
+
+
+def _one(opt_state, cls, required=True):
+  """The one state of type cls in the optimizer state (None if there is none and it is
+  not required)."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, _STATES))
+           if isinstance(s, cls)]
+  if len(found) > 1 or (required and not found):
+    raise ExportError(f"the optimizer state has {len(found)} {cls.__name__}s; expected "
+                      f"exactly one (config.optimizer.name one of {list(OPTIMIZERS)})")
+  return found[0] if found else None
+
+
+def _optimizer_states(opt_state):
+  """(name, {bundle group: the optax tree it holds}, count) of an adam or factored_adam
+  state. factored_adam: the kernels' row and column statistics and float16 moment, and
+  the betas' float32 Adam moments (each tree masked to its parameters)."""
+  adam = _one(opt_state, optax.ScaleByAdamState)
+  factored = _one(opt_state, optax.FactoredState, required=False)
+  if factored is None:
+    return "adam", {"adam_m": adam.mu, "adam_v": adam.nu}, adam
+  ema = _one(opt_state, optax.EmaState)
+  return "factored_adam", {"fadam_m": ema.ema, "fadam_vrow": factored.v_row,
+                           "fadam_vcol": factored.v_col, "adam_m": adam.mu,
+                           "adam_v": adam.nu}, adam
 
 
 def _modules(tree) -> dict:
-  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+  """{"Module/leaf": array} of a parameter-shaped tree, without the masked-out leaves
+  of a multi_transform group."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+  return {k: v for k, v in flat.items() if not isinstance(v, optax.MaskedNode)}
 
 
 def state_to_bundle(model, state, *, input_shape, base_lr: float, source=None,
                     trainable: bool = True):
-  """(metadata, tensors, rounded) of a TrainState; rounded: whether float32 state was
-  rounded to float16."""
+  """(metadata, tensors, rounded) of a TrainState; rounded: what the checkpoint held in
+  float32 and the bundle holds rounded to float16 (empty when nothing was rounded)."""
   layers = layer_graph(model, input_shape)
   params = _modules(state.params)
   stats = _modules(state.batch_stats)
@@ -190,26 +217,31 @@ def state_to_bundle(model, state, *, input_shape, base_lr: float, source=None,
   if set(params) != wanted:
     raise ExportError(f"the checkpoint's parameters {sorted(params)} do not match the "
                       f"model's layers {sorted(wanted)}; is it from this config?")
-  adam = _adam_state(state.opt_state)
-  mu, nu = _modules(adam.mu), _modules(adam.nu)
-  rounded = False
+  opt_name, groups, adam = _optimizer_states(state.opt_state)
+  rounded = []
   tensors = {}
 
-  def f16(x):
-    nonlocal rounded
+  def f16(x, what):
     x = np.asarray(x)
-    rounded |= x.dtype != np.float16
+    if x.dtype != np.float16 and what not in rounded:
+      rounded.append(what)
     return np.array(x, np.float16, order="C")  # an own, writable copy
 
   for name, value in params.items():
-    w = f16(value)
+    w = f16(value, "latent weights" if name.endswith("/kernel") else "betas")
     if name.endswith("/kernel"):
       tensors[f"bits/{name}"] = signs.pack_signs(w)
     if trainable or name.endswith("/beta"):
       tensors[f"params/{name}"] = w
-    if trainable:
-      tensors[f"adam_m/{name}"] = f16(mu[name])
-      tensors[f"adam_v/{name}"] = f16(nu[name])
+  if trainable:
+    for group, tree in groups.items():
+      for name, value in _modules(tree).items():
+        if group in ("adam_m", "adam_v") and opt_name == "factored_adam":
+          tensors[f"{group}/{name}"] = np.array(value, np.float32, order="C")
+        elif group in ("fadam_vrow", "fadam_vcol"):
+          tensors[f"{group}/{name}"] = np.array(value, np.float32, order="C")
+        else:
+          tensors[f"{group}/{name}"] = f16(value, "Adam moments")
   for name, value in stats.items():
     tensors[f"batch_stats/{name}"] = np.array(value, np.float32, order="C")
   lr = float(base_lr) * float(optim.plateau_scale(state.opt_state))
@@ -217,12 +249,12 @@ def state_to_bundle(model, state, *, input_shape, base_lr: float, source=None,
           "input_shape": [int(d) for d in input_shape], "num_classes": int(model.num_classes),
           "trainable": bool(trainable), "train_step": int(state.step), "layers": layers}
   if trainable:
-    meta["optimizer"] = {"name": "adam", "lr": lr, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+    meta["optimizer"] = {"name": opt_name, "lr": lr, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                          "count": int(adam.count)}
   if source is not None:
     meta["source"] = source
   bundle_lib.check(meta, tensors)  # fail here, not on the device
-  return meta, tensors, rounded
+  return meta, tensors, [w for w in ("latent weights", "betas", "Adam moments") if w in rounded]
 
 
 # ---- bundle -> state -------------------------------------------------------------------------
@@ -240,30 +272,45 @@ def bundle_to_state(b: bundle_lib.Bundle, template, model, *, input_shape, base_
   t = b.tensors
 
   def fill(tree, prefix):
-    flat = _modules(tree)
-    missing = [k for k in flat if f"{prefix}/{k}" not in t]
+    """tree with each leaf replaced by the bundle's tensor prefix/<leaf> (masked-out
+    leaves of a multi_transform group stay as they are)."""
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+    wanted = _modules(tree)
+    missing = [k for k in wanted if f"{prefix}/{k}" not in t]
     if missing:
       raise ExportError(f"the bundle has no {prefix}/ tensors for {missing}")
-    new = {k: jnp.asarray(t[f"{prefix}/{k}"].astype(np.asarray(v).dtype)).reshape(v.shape)
+    new = {k: v if k not in wanted else
+           jnp.asarray(t[f"{prefix}/{k}"].astype(np.asarray(v).dtype)).reshape(v.shape)
            for k, v in flat.items()}
     return flax.traverse_util.unflatten_dict(new, sep="/")
 
   params = fill(template.params, "params")
   stats = fill(template.batch_stats, "batch_stats")
-  adam = _adam_state(template.opt_state)
-  new_adam = adam._replace(count=jnp.asarray(b.graph.optimizer.count, adam.count.dtype),
-                           mu=fill(adam.mu, "adam_m"), nu=fill(adam.nu, "adam_v"))
+  opt_name, _, _ = _optimizer_states(template.opt_state)
+  if opt_name != b.graph.optimizer.name:
+    raise ExportError(f"the bundle was trained with {b.graph.optimizer.name!r} and the "
+                      f"config's optimizer is {opt_name!r}; import it with "
+                      f"--config.optimizer.name={b.graph.optimizer.name}")
   scale = b.graph.optimizer.lr / float(base_lr)
+
+  def count(c):
+    return jnp.asarray(b.graph.optimizer.count, c.dtype)
 
   def swap(s):
     if isinstance(s, optax.ScaleByAdamState):
-      return new_adam
+      return s._replace(count=count(s.count), mu=fill(s.mu, "adam_m"),
+                        nu=fill(s.nu, "adam_v"))
+    if isinstance(s, optax.FactoredState):
+      return s._replace(count=count(s.count), v_row=fill(s.v_row, "fadam_vrow"),
+                        v_col=fill(s.v_col, "fadam_vcol"))
+    if isinstance(s, optax.EmaState):
+      return s._replace(count=count(s.count), ema=fill(s.ema, "fadam_m"))
     if isinstance(s, optax.contrib.ReduceLROnPlateauState):
       return s._replace(scale=jnp.asarray(scale, s.scale.dtype))
     return s
 
-  opt_state = jax.tree.map(swap, template.opt_state, is_leaf=lambda s: isinstance(
-      s, (optax.ScaleByAdamState, optax.contrib.ReduceLROnPlateauState)))
+  opt_state = jax.tree.map(swap, template.opt_state,
+                           is_leaf=lambda s: isinstance(s, _STATES))
   return template.replace(step=jnp.asarray(b.graph.train_step, template.step.dtype),
                           params=params, batch_stats=stats, opt_state=opt_state)
 
@@ -309,8 +356,9 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
   except OSError as e:
     raise ExportError(f"cannot write the bundle {path}: {e.strerror or e}") from None
   if rounded:
-    print("note: latent weights, betas and Adam moments were float32 in the checkpoint; "
-          "the bundle stores them rounded to float16")
+    listed = rounded[0] if len(rounded) == 1 else f"{', '.join(rounded[:-1])} and {rounded[-1]}"
+    print(f"note: the {listed} were float32 in the checkpoint; the bundle stores them "
+          f"rounded to float16")
   print(f"exported {which} checkpoint (step {step}) of {exp.workdir} to {path} "
         f"({path.stat().st_size} bytes)")
   return path

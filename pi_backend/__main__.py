@@ -81,7 +81,8 @@ def _load(args, need_labels=True):
     labels = None if labels is None else labels[:args.limit]
   print(f"{args.bundle}: {model.graph.model or 'model'}, {len(model.graph.layers)} layers, "
         f"input {list(model.graph.input_shape)}, {model.num_classes} classes, trained "
-        f"{model.train_step_count} steps; {args.data}"
+        f"{model.train_step_count} steps"
+        f"{f' ({model.graph.optimizer.name})' if model.graph.optimizer else ''}; {args.data}"
         f"{f' ({args.split} split)' if args.data.is_dir() else ''}: {len(images)} examples",
         flush=True)
   return model, images, labels

@@ -28,9 +28,11 @@ uint64, "<f2" float16 or "<f4" float32), "shape" (list of ints), "offset", "nbyt
   num_classes   int
   trainable     whether latent weights and Adam state are included
   train_step    training steps done so far
-  optimizer     (trainable) {"name": "adam", "lr", "b1", "b2", "eps", "count"}: optax.adam
-                with eps_root = 0; lr includes the plateau schedule's factor; count =
-                Adam updates done
+  optimizer     (trainable) {"name", "lr", "b1", "b2", "eps", "count"}; name "adam":
+                optax.adam with eps_root = 0 on every parameter; "factored_adam": the
+                JAX side's factored_adam (bnn/optim.py, pi_backend/optimizers.py) on
+                the kernels, Adam on the betas; lr includes the plateau schedule's
+                factor; count = updates done
   source        optional free-form object (where the bundle came from)
   layers        list of layers, in order; each has "kind", "in_shape", "out_shape"
                 (per example; each must follow from the one before) and:
@@ -59,10 +61,19 @@ Tensors (``<name>`` the layer's name):
   batch_stats/<name>/mean    float32  running mean
   batch_stats/<name>/scale   float32  running scale (L1: mean|x - mean| + eps)
   adam_m/<param>, adam_v/<param>  float16  Adam moments of every params/ tensor
-                                      (trainable bundles)
+                                      (trainable bundles, optimizer "adam")
+  factored_adam bundles instead:
+  fadam_m/<name>/kernel      float16  first moment (the EMA of g / sqrt(v_hat))
+  fadam_vrow/<name>/kernel   float32  second-moment statistics of the kernel without
+  fadam_vcol/<name>/kernel   float32  its largest axis d0 / second largest d1 (ties to
+                                      the lower axis first: dense (n_in, n_out) with
+                                      n_in > n_out: vrow (n_out,), vcol (n_in,))
+  adam_m/<name>/beta, adam_v/<name>/beta  float32  Adam moments of the betas
 
-Latent weights, betas and Adam moments are float16 (the memory-lean storage of the
+Latent weights, betas and first moments are float16 (the memory-lean storage of the
 proposed method); a JAX checkpoint with float32 state is rounded to nearest on export.
+The factored statistics (rows + columns per kernel) and the betas' moments of
+factored_adam are float32, as on the JAX side.
 
 ``read`` / ``decode`` check everything -- length, magic, version, checksum, the JSON
 schema, the layer graph's shapes, tensor names, dtypes, shapes, offsets and values

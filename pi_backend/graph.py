@@ -32,6 +32,7 @@ _LAYER_KEYS = {
 _TOP_KEYS = ("method", "model", "input_shape", "num_classes", "layers", "trainable",
              "optimizer", "train_step", "source")
 _OPTIMIZER_KEYS = ("name", "lr", "b1", "b2", "eps", "count")
+OPTIMIZERS = ("adam", "factored_adam")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
 MAX_DIM = 1 << 24            # largest size of one axis
 MAX_ELEMENTS = 1 << 26       # largest activation of one example
@@ -61,13 +62,15 @@ class LayerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-  """Adam (optax.adam, eps_root = 0); lr already includes any schedule factor; count is
-  the number of updates done."""
+  """name "adam": Adam (optax.adam, eps_root = 0) on every parameter; "factored_adam":
+  the JAX side's factored_adam (bnn/optim.py) on the kernels and float32 Adam on the
+  betas. lr already includes any schedule factor; count is the number of updates done."""
   lr: float
   b1: float
   b2: float
   eps: float
   count: int
+  name: str = "adam"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,9 +256,9 @@ def parse(meta) -> Graph:
   optimizer = None
   if trainable:
     o = _dict("optimizer", meta.get("optimizer"), _OPTIMIZER_KEYS)
-    if o["name"] != "adam":
-      _fail("optimizer", f"name={o['name']!r}; pi_backend trains with 'adam'")
-    optimizer = Optimizer(lr=_float("optimizer", "lr", o["lr"], 0.0, lo_open=True),
+    if o["name"] not in OPTIMIZERS:
+      _fail("optimizer", f"name={o['name']!r}; expected one of {list(OPTIMIZERS)}")
+    optimizer = Optimizer(name=o["name"], lr=_float("optimizer", "lr", o["lr"], 0.0, lo_open=True),
                           b1=_float("optimizer", "b1", o["b1"], 0.0, 1.0, hi_open=True),
                           b2=_float("optimizer", "b2", o["b2"], 0.0, 1.0, hi_open=True),
                           eps=_float("optimizer", "eps", o["eps"], 0.0),
@@ -304,6 +307,21 @@ def kernel_shape(spec: LayerSpec) -> tuple:
   return (*spec.kernel, spec.in_shape[2], spec.out_shape[2])
 
 
+def factored_dims(shape: tuple) -> tuple[int, int]:
+  """(d1, d0) of optax's factored second moment (scale_by_factored_rms with
+  min_dim_size_to_factor=1): d0 the largest axis, d1 the second largest, ties to the
+  lower axis first. The row statistics drop d0, the column statistics drop d1."""
+  order = np.argsort(shape, kind="stable")
+  return int(order[-2]), int(order[-1])
+
+
+def factored_shapes(shape: tuple) -> tuple[tuple, tuple]:
+  """The shapes of the row and column statistics of a kernel of this shape."""
+  d1, d0 = factored_dims(shape)
+  return (tuple(n for i, n in enumerate(shape) if i != d0),
+          tuple(n for i, n in enumerate(shape) if i != d1))
+
+
 def expected_tensors(graph: Graph) -> dict:
   """Tensor name -> (dtype, shape) that the graph needs (bundle.py lists the names)."""
   out = {}
@@ -319,11 +337,20 @@ def expected_tensors(graph: Graph) -> dict:
       out[f"batch_stats/{spec.name}/mean"] = (F32, c)
       out[f"batch_stats/{spec.name}/scale"] = (F32, c)
   if graph.trainable:
+    factored = graph.optimizer.name == "factored_adam"
     for name, (dtype, shape) in list(out.items()):
-      if name.startswith("params/"):
-        leaf = name[len("params/"):]
-        out[f"adam_m/{leaf}"] = (F16, shape)
-        out[f"adam_v/{leaf}"] = (F16, shape)
+      if not name.startswith("params/"):
+        continue
+      leaf = name[len("params/"):]
+      if factored and leaf.endswith("/kernel"):
+        rows, cols = factored_shapes(shape)
+        out[f"fadam_m/{leaf}"] = (F16, shape)
+        out[f"fadam_vrow/{leaf}"] = (F32, rows)
+        out[f"fadam_vcol/{leaf}"] = (F32, cols)
+      else:  # factored_adam keeps the betas' Adam state in float32, as the JAX side does
+        moment = F32 if factored else F16
+        out[f"adam_m/{leaf}"] = (moment, shape)
+        out[f"adam_v/{leaf}"] = (moment, shape)
   return out
 
 
@@ -353,8 +380,12 @@ def check_tensors(graph: Graph, tensors: dict) -> None:
       continue
     if not np.all(np.isfinite(a)):
       raise BundleError(f"bundle tensor {name}: holds NaN or infinite values")
-    if group == "adam_v" and np.any(a < 0):
+    if group in ("adam_v", "fadam_vrow", "fadam_vcol") and np.any(a < 0):
       raise BundleError(f"bundle tensor {name}: Adam's second moment has negative values")
+    if group in ("fadam_vrow", "fadam_vcol") and graph.optimizer.count and np.any(a == 0):
+      raise BundleError(f"bundle tensor {name}: a factored second moment is 0 after "
+                        f"{graph.optimizer.count} updates; expected > 0 (the update "
+                        f"divides by its square root)")
     if name.endswith("/scale") and group == "batch_stats" and np.any(a <= 0):
       raise BundleError(f"bundle tensor {name}: batch-norm scales must be > 0")
   for spec in graph.layers:

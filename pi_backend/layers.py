@@ -13,7 +13,9 @@ Weights are used as sign(W), from packed bits recomputed after each update.
 Backward of a dense / conv layer (METHOD.md), dy' = grad_quantizer(dy):
   dx = dy' . sign(W)^T (transposed conv) with the signs from before the update;
   dW = weight_grad_quantizer(sign(x)^T . dy') (default sign(.)/sqrt(N_weights)), zeroed
-  where |W| > 1, rounded to float16, then one Adam step (float16 storage) at once.
+  where |W| > 1, rounded to float16, then one Adam step (float16 storage) at once, or,
+  for factored_adam, once the kernel's whole gradient is there (its statistics average
+  over it; pi_backend/optimizers.py).
 The float x sign products of dense layers go through pi_backend/fgemm.py (the C kernels,
 or NumPy's BLAS with float_gemm="numpy"); everything else through pi_backend.kernels.
 Each parameter's update only needs its own gradient, so updating during the backward
@@ -25,34 +27,51 @@ from __future__ import annotations
 import numpy as np
 
 from pi_backend import kernels as K
-from pi_backend import fgemm, quant, signs
+from pi_backend import fgemm, optimizers, quant, signs
 
 F16, F32 = np.float16, np.float32
 
 
 class Param:
-  """A trainable tensor in float16 with its Adam moments (None when not trainable)."""
+  """A trainable tensor in float16 with its optimizer state (None when not trainable):
+  Adam's m and v, or factored_adam's m and row and column statistics (v None)."""
 
-  def __init__(self, name: str, value: np.ndarray, m=None, v=None):
+  def __init__(self, name: str, value: np.ndarray, m=None, v=None, vrow=None, vcol=None):
     self.name, self.value, self.m, self.v = name, value, m, v
+    self.vrow, self.vcol = vrow, vcol
 
   def arrays(self):
-    return [a for a in (self.value, self.m, self.v) if a is not None]
+    return [a for a in (self.value, self.m, self.v, self.vrow, self.vcol) if a is not None]
 
 
 class Optimizer:
-  """Adam with float16 storage (kernels.adam_f16) for one step: count is the update
-  number of this step (>= 1); rng feeds stochastic gradient quantizers."""
+  """One step of the bundle's optimizer: "adam" (kernels.adam_f16, float16 storage) or
+  "factored_adam" (pi_backend/optimizers.py); count is the update number of this step
+  (>= 1); rng feeds stochastic gradient quantizers."""
 
-  def __init__(self, lr, b1, b2, eps, count, rng):
+  def __init__(self, lr, b1, b2, eps, count, rng, name="adam"):
     self.lr, self.b1, self.b2, self.eps, self.count, self.rng = lr, b1, b2, eps, count, rng
+    self.name = name
+
+  @property
+  def whole_tensor(self) -> bool:
+    """Whether an update needs the whole gradient of a tensor (the factored statistics
+    average over it), not a block of its rows."""
+    return self.name == "factored_adam"
 
   def update(self, p: Param, g: np.ndarray) -> None:
     if p.m is None:
       raise ValueError(f"{p.name} has no Adam state: this bundle was written for inference "
                        f"only (trainable=false)")
-    K.adam_f16(p.value, p.m, p.v, g, step=self.count, lr=self.lr, b1=self.b1, b2=self.b2,
-               eps=self.eps)
+    if p.vrow is not None:
+      optimizers.factored_adam(p.value, p.m, p.vrow, p.vcol, g, count=self.count,
+                               lr=self.lr, b1=self.b1, b2=self.b2)
+    elif p.m.dtype == F32:
+      optimizers.adam_f32(p.value, p.m, p.v, g, count=self.count, lr=self.lr, b1=self.b1,
+                          b2=self.b2, eps=self.eps)
+    else:
+      K.adam_f16(p.value, p.m, p.v, g, step=self.count, lr=self.lr, b1=self.b1, b2=self.b2,
+                 eps=self.eps)
 
 
 class Layer:
@@ -167,14 +186,19 @@ class Binary(Layer):
       return self.kernel.value
     return K.unpack(self.bits, self.spec.out_shape[-1])
 
-  def _update_rows(self, r0: int, dw_raw: np.ndarray, opt: Optimizer, n_weights: int):
+  def _update_rows(self, r0: int, dw_raw: np.ndarray, opt: Optimizer, n_weights: int,
+                   whole: np.ndarray | None):
     """Adam on rows [r0, r0 + len(dw_raw)) of the kernel (its first axis) from their raw
-    gradient; n_weights: the size of the whole kernel (sign_scaled's N)."""
+    gradient; n_weights: the size of the whole kernel (sign_scaled's N). whole: where
+    the rows' gradient goes instead, when the optimizer needs the whole tensor's."""
     p = self.kernel
     r1 = r0 + dw_raw.shape[0]
     g = quant.weight_gradient(self.spec.weight_grad_quantizer, dw_raw, p.value[r0:r1],
                               opt.rng, n_weights=n_weights)
-    opt.update(Param(p.name, p.value[r0:r1], p.m[r0:r1], p.v[r0:r1]), g)
+    if whole is not None:
+      whole[r0:r1] = g
+    else:
+      opt.update(Param(p.name, p.value[r0:r1], p.m[r0:r1], p.v[r0:r1]), g)
 
   def _refresh(self):
     self.bits = signs.pack_signs(self.kernel.value)
@@ -225,6 +249,7 @@ class Dense(Binary):
     if quant.elementwise(self.spec.weight_grad_quantizer):
       rows = max(64, GRAD_CHUNK_BYTES // (4 * n) // 64 * 64)
     fused = self._fused_update(xin, dy, rows, opt)  # then no blocks are left below
+    whole = None if fused or not opt.whole_tensor else np.empty((k, n), F16)
     dw_raw = None
     for r0 in range(0, 0 if fused else k, rows):
       r1 = min(k, r0 + rows)
@@ -233,8 +258,11 @@ class Dense(Binary):
       else:  # r0 is a multiple of 64: whole packed words
         xp = np.ascontiguousarray(xin[:, r0 // 64:K.words(r1)])
         dw_raw = fgemm.sign_xt_dy(xp, r1 - r0, dy, self.float_gemm)
-      self._update_rows(r0, dw_raw, opt, k * n)
+      self._update_rows(r0, dw_raw, opt, k * n, whole)
     del dw_raw
+    if whole is not None:
+      opt.update(self.kernel, whole)
+      del whole
     self.release()
     old_bits = self.bits
     self._refresh()
@@ -251,7 +279,8 @@ class Dense(Binary):
     """The whole weight update of the default path (C GEMMs, sign_scaled) by one kernel
     call, kernels.dense_weight_update (the same bits as the blocks of the loop in
     backward); False when it does not apply (then backward loops over the blocks)."""
-    if self.float_gemm != "c" or self.spec.weight_grad_quantizer.name != "sign_scaled":
+    if (self.float_gemm != "c" or self.spec.weight_grad_quantizer.name != "sign_scaled"
+        or opt.name != "adam"):
       return False
     if self.spec.first_layer:
       x = xin.raw
@@ -433,10 +462,13 @@ def build(spec, tensors: dict, trainable: bool, float_gemm: str = "c") -> Layer:
 
   def param(leaf):
     name = f"{spec.name}/{leaf}"
-    if trainable:
-      return Param(name, tensors[f"params/{name}"], tensors[f"adam_m/{name}"],
-                   tensors[f"adam_v/{name}"])
-    return Param(name, tensors.get(f"params/{name}"))
+    if not trainable:
+      return Param(name, tensors.get(f"params/{name}"))
+    if f"fadam_m/{name}" in tensors:
+      return Param(name, tensors[f"params/{name}"], tensors[f"fadam_m/{name}"],
+                   vrow=tensors[f"fadam_vrow/{name}"], vcol=tensors[f"fadam_vcol/{name}"])
+    return Param(name, tensors[f"params/{name}"], tensors[f"adam_m/{name}"],
+                 tensors[f"adam_v/{name}"])
 
   if spec.kind == "flatten":
     return Flatten(spec)

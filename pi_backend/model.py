@@ -179,7 +179,7 @@ class Model:
       raise ValueError("this bundle was written for inference only (trainable=false); "
                        "export a trainable bundle to train on the device")
     rng = np.random.default_rng([self.seed, self.train_step_count])
-    return L.Optimizer(o.lr, o.b1, o.b2, o.eps, self.adam_count + 1, rng)
+    return L.Optimizer(o.lr, o.b1, o.b2, o.eps, self.adam_count + 1, rng, o.name)
 
   def train_step(self, images: np.ndarray, labels: np.ndarray, *, probe=None) -> dict:
     """One training step on a batch, in place; returns {"loss", "accuracy"} of the batch

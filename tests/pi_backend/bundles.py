@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pi_backend import signs
+from pi_backend.graph import factored_shapes
 
 QUANT = {"grad_quantizer": "identity()", "weight_grad_quantizer": "sign_scaled()"}
 BN_QUANT = "float16()"
@@ -40,7 +41,7 @@ class _Builder:
     self.add("max_pool", [h // 2, w // 2, c], window=[2, 2], strides=[2, 2])
 
 
-def _tensors(layers, rng, trainable):
+def _tensors(layers, rng, trainable, optimizer="adam"):
   t = {}
   for d in layers:
     if d["kind"] in ("dense", "conv"):
@@ -60,24 +61,31 @@ def _tensors(layers, rng, trainable):
   if trainable:
     for name in [n for n in t if n.startswith("params/")]:
       leaf = name[len("params/"):]
-      t[f"adam_m/{leaf}"] = np.zeros_like(t[name])
-      t[f"adam_v/{leaf}"] = np.zeros_like(t[name])
+      if optimizer == "factored_adam" and leaf.endswith("/kernel"):
+        rows, cols = factored_shapes(t[name].shape)
+        t[f"fadam_m/{leaf}"] = np.zeros_like(t[name])
+        t[f"fadam_vrow/{leaf}"] = np.zeros(rows, np.float32)
+        t[f"fadam_vcol/{leaf}"] = np.zeros(cols, np.float32)
+      else:
+        moment = np.float32 if optimizer == "factored_adam" else np.float16
+        t[f"adam_m/{leaf}"] = np.zeros(t[name].shape, moment)
+        t[f"adam_v/{leaf}"] = np.zeros(t[name].shape, moment)
   return t
 
 
-def _meta(b, input_shape, num_classes, trainable, model):
+def _meta(b, input_shape, num_classes, trainable, model, optimizer="adam"):
   meta = {"method": "proposed", "model": model, "input_shape": list(input_shape),
           "num_classes": num_classes, "trainable": trainable, "train_step": 0,
           "layers": b.layers}
   if trainable:
-    meta["optimizer"] = {"name": "adam", "lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+    meta["optimizer"] = {"name": optimizer, "lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
                          "count": 0}
   return meta
 
 
 def mlp(input_shape=(8, 8, 1), hidden=(32, 32), num_classes=10, seed=0, trainable=True,
-        quant=None, bn_quant=BN_QUANT):
-  """(metadata, tensors) of a random MLP."""
+        quant=None, bn_quant=BN_QUANT, optimizer="adam"):
+  """(metadata, tensors) of a random MLP; optimizer: "adam" or "factored_adam"."""
   rng = np.random.default_rng(seed)
   b = _Builder(input_shape, rng, quant, bn_quant)
   b.flatten()
@@ -88,12 +96,13 @@ def mlp(input_shape=(8, 8, 1), hidden=(32, 32), num_classes=10, seed=0, trainabl
   b.binary("dense", "BinaryClassifier_0", [num_classes])
   b.bn("BinaryClassifier_0")
   b.add("softmax_cross_entropy", [num_classes])
-  return _meta(b, input_shape, num_classes, trainable, "mlp"), _tensors(b.layers, rng, trainable)
+  return (_meta(b, input_shape, num_classes, trainable, "mlp", optimizer),
+          _tensors(b.layers, rng, trainable, optimizer))
 
 
 def convnet(input_shape=(12, 12, 3), convs=((8, False), (8, True), (16, False)), hidden=(32,),
             num_classes=10, padding="VALID", pool_before_bn=False, seed=0, trainable=True,
-            quant=None, bn_quant=BN_QUANT):
+            quant=None, bn_quant=BN_QUANT, optimizer="adam"):
   """(metadata, tensors) of a random CNV-like (VALID, pool after sign) or
   BinaryNet-like (SAME, pool before batch norm) net of 3x3 convs."""
   rng = np.random.default_rng(seed)
@@ -117,5 +126,5 @@ def convnet(input_shape=(12, 12, 3), convs=((8, False), (8, True), (16, False)),
   b.binary("dense", "BinaryClassifier_0", [num_classes])
   b.bn("BinaryClassifier_0")
   b.add("softmax_cross_entropy", [num_classes])
-  return (_meta(b, input_shape, num_classes, trainable, "convnet"),
-          _tensors(b.layers, rng, trainable))
+  return (_meta(b, input_shape, num_classes, trainable, "convnet", optimizer),
+          _tensors(b.layers, rng, trainable, optimizer))

@@ -23,7 +23,7 @@ ARM64_ROOT = Path(os.environ.get("BNN_ARM64_ROOT", REPO / ".cache" / "arm64-root
 # The numpy + C kernel tests (not the build / isolation, JAX parity, model or CLI tests).
 KERNEL_TESTS = ["test_packing.py", "test_gemm.py", "test_conv.py", "test_batch_norm.py",
                 "test_activations.py", "test_po2.py", "test_half_adam.py",
-                "test_validation.py"]
+                "test_validation.py", "test_optimizers.py"]
 
 TARGETS = {
     # name: compiler, CFLAGS, qemu, sysroot for qemu -L, ELF e_machine

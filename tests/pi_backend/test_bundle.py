@@ -45,7 +45,8 @@ def mlp_bytes(mlp):
 
 @pytest.mark.parametrize("make", [bundles.mlp, bundles.convnet,
                                   lambda: bundles.convnet(padding="SAME", pool_before_bn=True),
-                                  lambda: bundles.mlp(trainable=False)])
+                                  lambda: bundles.mlp(trainable=False),
+                                  lambda: bundles.convnet(optimizer="factored_adam")])
 def test_round_trip_is_exact(make):
   meta, tensors = make()
   data = bundle.encode(meta, tensors)
@@ -177,7 +178,8 @@ def _set_layer(i, key, value):
     (lambda m: m.update(input_shape=[8, 8, 2]), "in_shape=\\[128\\]|contradicts"),
     (lambda m: m.update(trainable="yes"), "trainable='yes'"),
     (lambda m: m["optimizer"].update(lr=-1), r"lr=-1; expected a finite number in \(0"),
-    (lambda m: m["optimizer"].update(name="sgd"), "trains with 'adam'"),
+    (lambda m: m["optimizer"].update(name="sgd"),
+     r"name='sgd'; expected one of \['adam', 'factored_adam'\]"),
     (lambda m: m.pop("optimizer"), "optimizer: expected a JSON object"),
     (lambda m: m.update(extra=1), r"unknown keys \['extra'\]"),
     (lambda m: m.pop("layers"), r"missing keys \['layers'\]"),
@@ -240,6 +242,47 @@ def test_tensor_values(mlp, name, change, message):
     bundle.check(meta, tensors)
   with pytest.raises(BundleError, match=message):
     bundle.encode(meta, tensors)
+
+
+def _factored(count):
+  meta, tensors = bundles.convnet(optimizer="factored_adam")
+  meta["optimizer"]["count"] = count
+  return meta, {k: v + 1e-6 if k.startswith("fadam_v") else v for k, v in tensors.items()}
+
+
+@pytest.mark.parametrize("name,change,message", [
+    ("fadam_vrow/BinaryConv_1/kernel", lambda a: a.__setitem__((0, 0, 0), -1.0), "negative"),
+    ("fadam_vcol/BinaryDense_0/kernel", lambda a: a.__setitem__(3, 0.0),
+     "is 0 after 4 updates"),
+    ("adam_v/BatchNorm_0/beta", lambda a: a.__setitem__(0, np.inf), "NaN or infinite"),
+])
+def test_factored_adam_state_values(name, change, message):
+  meta, tensors = _factored(4)
+  bundle.check(meta, tensors)
+  change(tensors[name])
+  with pytest.raises(BundleError, match=message):
+    bundle.check(meta, tensors)
+
+
+def test_factored_adam_state_shapes_and_dtypes():
+  """A conv kernel (3, 3, 8, 16) keeps statistics of shape (3, 3, 8) (without its largest
+  axis) and (3, 3, 16) (without the second largest); the betas' Adam moments are
+  float32; an Adam-shaped state under factored_adam is refused."""
+  meta, tensors = _factored(0)
+  assert tensors["fadam_vrow/BinaryConv_2/kernel"].shape == (3, 3, 8)
+  assert tensors["fadam_vcol/BinaryConv_2/kernel"].shape == (3, 3, 16)
+  bundle.check(meta, tensors)
+  bad = dict(tensors, **{"fadam_vrow/BinaryConv_2/kernel": np.zeros((3, 3, 16), np.float32)})
+  with pytest.raises(BundleError, match=r"fadam_vrow/BinaryConv_2/kernel: float32\[3, 3, 16\] "
+                                        r"contradicts the metadata, which needs float32\[3, 3, 8\]"):
+    bundle.check(meta, bad)
+  bad = dict(tensors, **{"adam_m/BatchNorm_0/beta": tensors["adam_m/BatchNorm_0/beta"].astype(
+      np.float16)})
+  with pytest.raises(BundleError, match="adam_m/BatchNorm_0/beta: float16"):
+    bundle.check(meta, bad)
+  _, adam_tensors = bundles.convnet()
+  with pytest.raises(BundleError, match="missing .*fadam_"):
+    bundle.check(meta, adam_tensors)
 
 
 def test_header_not_json(mlp_bytes):

@@ -2,7 +2,8 @@
 that a Model runs (inference and one training step) or raises BundleError -- never any
 other exception, never a crash.
 
-Three kinds of damage to valid bundles (an MLP and a small conv net):
+Three kinds of damage to valid bundles (an MLP and a small conv net, with Adam or
+factored_adam state):
   - raw: byte flips, truncations, insertions, deletions (the checksum or the length
     catches nearly all);
   - resealed header: the same done to the JSON header, then lengths and checksum
@@ -29,6 +30,8 @@ VALID = {
     "mlp": bundle.encode(*bundles.mlp(hidden=(16,), seed=1)),
     "conv": bundle.encode(*bundles.convnet(input_shape=(6, 6, 2), convs=((4, True),),
                                            hidden=(), seed=2)),
+    "conv_factored_adam": bundle.encode(*bundles.convnet(
+        input_shape=(6, 6, 2), convs=((4, True),), hidden=(), seed=3, optimizer="factored_adam")),
 }
 FAST = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

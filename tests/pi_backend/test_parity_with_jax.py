@@ -170,3 +170,36 @@ def test_conv(kernel, strides, padding, first_layer):
           dimension_numbers=("NHWC", "HWIO", "NHWC")), jnp.asarray(w))(jnp.asarray(dy))[0])
   np.testing.assert_allclose(raw, ref_raw, rtol=1e-4, atol=1e-4)
   _agree_where_clear(raw, dw, w, ref_raw)
+
+
+@pytest.mark.parametrize("shape", [(12, 5), (5, 12), (8, 8), (3, 3, 3, 8), (3, 3, 8, 8),
+                                   (3, 3, 16, 8)])
+def test_factored_adam_step_for_step(shape):
+  """pi_backend/optimizers.py against bnn/optim.py's factored_adam (optax) with float16
+  moment and weights: the statistics to float32 rounding, the stored float16 moment and
+  weights within one ulp, over steps that start each from the JAX state."""
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from bnn import optim  # pylint: disable=import-outside-toplevel
+  from pi_backend import optimizers  # pylint: disable=import-outside-toplevel
+
+  tx = optax.chain(optim.factored_adam(jnp.float16), optax.scale_by_learning_rate(1e-3))
+  rng = np.random.default_rng(shape[-2] * 10 + len(shape))
+  params = {"k": jnp.asarray((rng.uniform(-1, 1, shape) * 0.1).astype(np.float16))}
+  state = tx.init(params)
+  for count in range(1, 5):
+    g = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, -1)).astype(np.float16)
+    factored, ema = state[0][0], state[0][1]
+    w = np.array(params["k"])
+    m = np.array(ema.ema["k"])
+    vrow, vcol = np.array(factored.v_row["k"]), np.array(factored.v_col["k"])
+    optimizers.factored_adam(w, m, vrow, vcol, g, count=count, lr=1e-3)
+    updates, state = tx.update({"k": jnp.asarray(g)}, state, params)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(vrow, np.asarray(state[0][0].v_row["k"]), rtol=1e-6)
+    np.testing.assert_allclose(vcol, np.asarray(state[0][0].v_col["k"]), rtol=1e-6)
+    for ours, theirs in ((m, state[0][1].ema["k"]), (w, params["k"])):
+      theirs = np.asarray(theirs)
+      assert ours.dtype == theirs.dtype == np.float16
+      spacing = np.spacing(np.maximum(np.abs(ours), np.abs(theirs)))
+      assert np.all(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)) <= spacing)
