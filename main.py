@@ -82,7 +82,7 @@ def run(argv):
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every step at INFO
   from bnn import distributed
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from bnn import experiment
+  from bnn import experiment, optim
   config = FLAGS.config
   workdir = os.path.expanduser(FLAGS.workdir) if FLAGS.workdir else _default_workdir()
   if FLAGS.mode in ("eval", "export", "import") and not FLAGS["config"].present:
@@ -93,6 +93,7 @@ def run(argv):
       config = saved
       print(f"config: {workdir}/config.json, the workdir's own (--config to give another)")
   print(f"config:\n{config}")
+  print(optim.describe(config))
   print(f"workdir: {workdir}")
   if FLAGS.mode == "train":
     results = experiment.train_and_evaluate(config, workdir)

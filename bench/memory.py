@@ -58,8 +58,10 @@ def main() -> None:
   parser.add_argument("--state-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"],
                       help="the proposed method's latent weights and optimizer state")
-  parser.add_argument("--optimizer", default="adam", choices=["adam", "factored_adam", "bop"],
-                      help="the proposed method's optimizer (standard: Adam)")
+  parser.add_argument("--optimizer", default="default",
+                      choices=["default", "adam", "factored_adam", "bop"],
+                      help="the proposed method's optimizer (default: the config's, "
+                           "factored_adam; standard: Adam)")
   parser.add_argument("--weight-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"],
                       help="the proposed method's latent weights (default: --state-dtype)")

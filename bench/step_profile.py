@@ -80,8 +80,9 @@ def main() -> None:
   parser.add_argument("--model", default="mlp", choices=list(step_time.ROWS))
   parser.add_argument("--batch", type=argtypes.positive_int, default=100)
   parser.add_argument("--steps", type=argtypes.positive_int, default=100)
-  parser.add_argument("--optimizer", default="adam", choices=["adam", "factored_adam", "bop"])
-  parser.add_argument("--state-dtype", default="float32",
+  parser.add_argument("--optimizer", default="default",
+                      choices=["default", "adam", "factored_adam", "bop"])
+  parser.add_argument("--state-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"])
   parser.add_argument("--weight-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"])

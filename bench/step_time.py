@@ -80,9 +80,9 @@ def main() -> None:
   parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
   parser.add_argument("--batch", type=argtypes.positive_int, default=100)
   parser.add_argument("--repeats", type=argtypes.positive_int, default=5)
-  parser.add_argument("--optimizer", default="factored_adam",
-                      choices=["adam", "factored_adam", "bop"])
-  parser.add_argument("--state-dtype", default="float16",
+  parser.add_argument("--optimizer", default="default",
+                      choices=["default", "adam", "factored_adam", "bop"])
+  parser.add_argument("--state-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"])
   parser.add_argument("--weight-dtype", default="default",
                       choices=["default", "float32", "float16", "bfloat16"],

@@ -205,23 +205,44 @@ def _flatten(prefix: str, value) -> dict:
   return {prefix: value}
 
 
-def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
-  """{dotted key: (stored value, this config's value)} for every key whose value in a
-  saved config.json differs from config's ("<absent>" where one side lacks it)."""
-  old = _flatten("", stored)
-  new = _flatten("", json.loads(config.to_json_best_effort()))  # config.json's encoding
+def _changes(stored: dict, current: dict) -> dict[str, tuple]:
+  old, new = _flatten("", stored), _flatten("", current)
   return {k[1:]: (old.get(k, "<absent>"), new.get(k, "<absent>"))
           for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")}
 
 
+def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """{dotted key: (stored value, this config's value)} for every key whose value in a
+  saved config.json differs from config's ("<absent>" where one side lacks it)."""
+  return _changes(stored, json.loads(config.to_json_best_effort()))  # config.json's encoding
+
+
+def _optimizer_resolved(config: dict) -> dict:
+  """config (config.json's form) with optimizer.name, state_dtype and weight_dtype as
+  what they mean (bnn/optim.py: "default" is the method's), so that the defaults and
+  the same values spelled out are the same experiment, and an older config.json's
+  "default" is read as what it meant for its optimizer."""
+  from bnn import optim  # pylint: disable=import-outside-toplevel
+  try:
+    c = ml_collections.ConfigDict(config)
+    resolved = {"name": optim.optimizer_name(c), "state_dtype": optim.state_dtype(c),
+                "weight_dtype": optim.weight_dtype(c)}
+  except (AttributeError, KeyError, TypeError):  # an older file without these keys
+    return config
+  return dict(config, optimizer=dict(config["optimizer"], **resolved))
+
+
 def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """The config_changes in IDENTITY_KEYS, as lines; an identity key the saved file does
-  not have at all (older config files) is not compared."""
+  """The differences in IDENTITY_KEYS between a saved config.json and config (the
+  optimizer's defaults resolved on both sides), as lines; an identity key the saved
+  file does not have at all (older config files) is not compared."""
   saved = {k[1:] for k in _flatten("", stored)}
   keys = [key for key in IDENTITY_KEYS
           if any(k == key or k.startswith(key + ".") for k in saved)]
+  current = json.loads(config.to_json_best_effort())
   return [f"{k}: {old!r} in the checkpoint's config, {new!r} in this one"
-          for k, (old, new) in config_changes(stored, config).items()
+          for k, (old, new) in _changes(_optimizer_resolved(stored),
+                                        _optimizer_resolved(current)).items()
           if any(k == key or k.startswith(key + ".") for key in keys)]
 
 

@@ -121,7 +121,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       _fail(f"model.{key}", m[key], "'default' or 'identity' with model.method='standard' "
             "(the standard method keeps float32 gradients)")
 
-  _choice(config, "optimizer.name", ("adam", "factored_adam", "bop"))
+  _choice(config, "optimizer.name", ("default", "adam", "factored_adam", "bop"))
   for key in ("state_dtype", "weight_dtype"):
     _choice(config, f"optimizer.{key}", _DTYPES)
   _number(config, "optimizer.lr", 0, low_open=True, expected="a positive finite number")

@@ -58,7 +58,7 @@ def check_config(config) -> None:
                       f"'proposed' method")
   if m.name not in MODELS:
     raise ExportError(f"config.model.name={m.name!r}: pi_backend runs only {list(MODELS)}")
-  if o.name not in OPTIMIZERS:
+  if optim.optimizer_name(config) not in OPTIMIZERS:
     raise ExportError(f"config.optimizer.name={o.name!r}: pi_backend trains only with "
                       f"{' or '.join(map(repr, OPTIMIZERS))}")
   if quantizers.get(m.activation, "forward").name != "ste_sign":

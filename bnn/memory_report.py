@@ -26,7 +26,7 @@ def _for_method(config, method: str):
 def report(config, workdir: str | Path, measure: bool = True) -> dict:
   """Prints the per-layer table (modelled), the measured peaks and their ratio;
   writes memory.png and memory.txt into workdir. Returns the numbers."""
-  from bnn import models
+  from bnn import models, optim
   from bnn.data import catalog
 
   workdir = workdir_lock.create(workdir)  # before the work: an unusable one fails at once
@@ -34,7 +34,7 @@ def report(config, workdir: str | Path, measure: bool = True) -> dict:
   model = models.create(config.model, spec.num_classes)
   po2 = str(config.model.grad_quantizer).startswith("po2")
   layers = memory.modelled(model, (config.batch_size, *spec.image_shape),
-                           optimizer=config.optimizer.name,
+                           optimizer=optim.optimizer_name(config),
                            grad_buffer_bits={"proposed": 5} if po2 else None)
   lines = [f"Training memory of {config.model.name} on {config.dataset.name}, batch "
            f"{config.batch_size} (modelled: METHOD.md bit widths, see bnn/memory.py)",

@@ -170,9 +170,10 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
       factor=o.plateau_factor, patience=o.plateau_patience, rtol=0.0,
       atol=o.plateau_min_delta, accumulation_size=steps_per_epoch)
   dtype = DTYPES[state_dtype(config)]
+  name = optimizer_name(config)
   labels = lambda params: jax.tree_util.tree_map_with_path(
       lambda path, _: "binary" if is_binary_kernel(path) else "other", params)
-  if o.name == "factored_adam":
+  if name == "factored_adam":
     return optax.chain(
         # the rest (batch-norm shifts, real layers) is small: Adam in float32, where
         # (1 - b2) g^2 of a ~1e-4 gradient does not underflow to a zero v
@@ -181,7 +182,7 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
                               labels),
         optax.scale_by_learning_rate(o.lr), plateau)
   adam = optax.chain(optax.adam(o.lr), plateau)
-  if o.name == "bop":
+  if name == "bop":
     tx = optax.multi_transform({"binary": bop(o.bop_gamma, o.bop_threshold), "other": adam}, labels)
   else:
     tx = adam
@@ -191,24 +192,41 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
 def initial_params(config: ml_collections.ConfigDict, params):
   """Parameters as the optimizer keeps them: in weight_dtype, and for Bop the binary
   kernels set to their signs."""
-  o = config.optimizer
-  if o.name == "bop":
+  if optimizer_name(config) == "bop":
     params = jax.tree_util.tree_map_with_path(
         lambda path, w: jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype) if is_binary_kernel(path) else w,
         params)
   return cast_params(params, DTYPES[weight_dtype(config)])
 
 
-def state_dtype(config: ml_collections.ConfigDict) -> str:
-  """config.optimizer.state_dtype, where "default" is float32 for both methods.
+def optimizer_name(config: ml_collections.ConfigDict) -> str:
+  """config.optimizer.name, where "default" is the method's (METHOD.md): Adam for the
+  standard method, factored_adam for the proposed one, whose 16-bit state it keeps
+  accurate (Adam's float16 second moment of a sign(dW)/sqrt(N) gradient underflows)."""
+  name = config.optimizer.name
+  if name != "default":
+    return name
+  return "factored_adam" if config.model.method == "proposed" else "adam"
 
-  METHOD.md assumes 16-bit moments for the proposed method. With plain Adam every
-  buffer in float16 costs 0.8 points on Fashion-MNIST: the batch-norm shifts' v
-  underflows. factored_adam (config variant ":lean") keeps those and its second
-  moment in float32 and is within 0.3 points of float32 Adam (docs/accuracy.md).
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """One line saying what the optimizer settings resolve to."""
+  return (f"optimizer: {optimizer_name(config)}, state {state_dtype(config)}, latent "
+          f"weights {weight_dtype(config)}")
+
+
+def state_dtype(config: ml_collections.ConfigDict) -> str:
+  """config.optimizer.state_dtype, where "default" is float16 with factored_adam (the
+  proposed method's default, METHOD.md's 16-bit moments) and float32 with Adam and Bop.
+
+  With plain Adam every buffer in float16 costs 0.8 points on Fashion-MNIST: the
+  batch-norm shifts' v underflows. factored_adam keeps those and its second moment in
+  float32 and is within 0.3 points of float32 Adam (docs/accuracy.md).
   """
   dtype = config.optimizer.state_dtype
-  return "float32" if dtype == "default" else dtype
+  if dtype != "default":
+    return dtype
+  return "float16" if optimizer_name(config) == "factored_adam" else "float32"
 
 
 def weight_dtype(config: ml_collections.ConfigDict) -> str:

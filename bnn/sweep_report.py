@@ -67,14 +67,14 @@ def point_memory(config, point_dir: Path) -> dict:
   if path.exists():
     return json.loads(path.read_text())
   try:
-    from bnn import memory, models
+    from bnn import memory, models, optim
     from bnn.data import catalog
 
     spec = catalog.get_spec(config.dataset.name)
     model = models.create(config.model, spec.num_classes)
     bits = dx_bits(config.model)
     layers = memory.modelled(model, (config.batch_size, *spec.image_shape),
-                             optimizer=config.optimizer.name,
+                             optimizer=optim.optimizer_name(config),
                              grad_buffer_bits={"proposed": bits})
     result = {"modelled_bytes": sum(memory.totals(layers, config.model.method).values()),
               "measured_peak_bytes": memory.measure_step(config).peak,

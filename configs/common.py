@@ -30,12 +30,13 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   # "adam"; "factored_adam" (binary kernels: Adam with a row x column second
   # moment, exact for sign(dW)/sqrt(N) gradients; bnn/optim.py); "bop" (Bop on
-  # binary kernels); Adam elsewhere.
-  c.optimizer.name = "adam"
+  # binary kernels); Adam elsewhere. "default": the method's (METHOD.md): Adam for
+  # "standard", factored_adam for "proposed" (bnn/optim.py optimizer_name).
+  c.optimizer.name = "default"
   c.optimizer.lr = 1e-3
   # Where the optimizer moments live: "float32", "float16", "bfloat16", or
-  # "default" (float32). The memory-lean choice is the ":lean" variant (factored_adam,
-  # float16 moments); plain Adam in float16 costs accuracy (docs/accuracy.md).
+  # "default": float16 with factored_adam (the proposed method's 16-bit state),
+  # float32 with Adam and Bop, whose float16 moments underflow (docs/accuracy.md).
   c.optimizer.state_dtype = "default"
   # The latent weights: "default" = state_dtype (bnn/optim.py weight_dtype).
   c.optimizer.weight_dtype = "default"
@@ -89,7 +90,7 @@ def variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Con
     elif name == "po2":
       c.model.grad_quantizer = "po2(bits=4, bias=8)"
       c.model.bn_grad_quantizer = "identity"
-    elif name == "lean":  # the memory-lean optimizer state (docs/memory.md, docs/accuracy.md)
+    elif name == "lean":  # the 16-bit moments, float32 latent weights (docs/accuracy.md)
       c.optimizer.name = "factored_adam"
       c.optimizer.state_dtype = "float16"
       c.optimizer.weight_dtype = "float32"

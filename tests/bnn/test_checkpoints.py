@@ -77,7 +77,27 @@ def test_config_differences_only_for_keys_that_decide_the_state():
   diff = ckpt.config_differences(old, _config(**{"model.method": "standard",
                                                  "optimizer.name": "bop"}))
   assert diff == ["model.method: 'proposed' in the checkpoint's config, 'standard' in this one",
-                  "optimizer.name: 'adam' in the checkpoint's config, 'bop' in this one"]
+                  "optimizer.name: 'factored_adam' in the checkpoint's config, 'bop' in this one",
+                  "optimizer.state_dtype: 'float16' in the checkpoint's config, 'float32' in "
+                  "this one",
+                  "optimizer.weight_dtype: 'float16' in the checkpoint's config, 'float32' in "
+                  "this one"]
+
+
+def test_config_differences_compare_what_the_optimizer_defaults_mean():
+  """"default" and the same values spelled out are one experiment; a config.json from
+  before the proposed method's default became factored_adam (name "adam", state
+  "default" = float32) is read as what it meant, and differs from today's default."""
+  spelled_out = _config(**{"optimizer.name": "factored_adam", "optimizer.state_dtype": "float16",
+                           "optimizer.weight_dtype": "float16"})
+  assert ckpt.config_differences(json.loads(_config().to_json_best_effort()), spelled_out) == []
+  older = json.loads(_config(**{"optimizer.name": "adam"}).to_json_best_effort())
+  assert ckpt.config_differences(older, _config(**{"optimizer.name": "adam",
+                                                   "optimizer.state_dtype": "float32"})) == []
+  assert ckpt.config_differences(older, _config()) == [
+      "optimizer.name: 'adam' in the checkpoint's config, 'factored_adam' in this one",
+      "optimizer.state_dtype: 'float32' in the checkpoint's config, 'float16' in this one",
+      "optimizer.weight_dtype: 'float32' in the checkpoint's config, 'float16' in this one"]
 
 
 # --- refused checkpoints -----------------------------------------------------------
@@ -96,9 +116,9 @@ def test_checkpoint_of_another_method_is_refused_and_workdir_left_alone(tmp_path
 
 @pytest.mark.real_data
 def test_checkpoint_with_other_shapes_is_refused_even_without_config_json(tmp_path):
-  _saved_checkpoint(tmp_path, _config())
+  _saved_checkpoint(tmp_path, _config(**{"optimizer.name": "adam"}))
   (tmp_path / "config.json").unlink()  # only the arrays' metadata is left to compare
-  config = _config(**{"optimizer.state_dtype": "float16"})
+  config = _config(**{"optimizer.name": "adam", "optimizer.state_dtype": "float16"})
   with pytest.raises(ckpt.CheckpointMismatchError) as e:
     experiment.evaluate(config, tmp_path)
   message = str(e.value)

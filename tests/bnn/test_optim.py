@@ -72,15 +72,41 @@ def test_bop_config_binarises_kernels_and_leaves_beta_to_adam():
   assert np.all(np.asarray(updates["BatchNorm_0"]["beta"]) < 0)  # Adam step against +1 gradients
 
 
-@pytest.mark.parametrize("method,state_dtype,expected", [
-    ("standard", "default", "float32"), ("proposed", "default", "float32"),
-    ("proposed", "float16", "float16"), ("proposed", "bfloat16", "bfloat16")])
-def test_state_dtype(method, state_dtype, expected):
+@pytest.mark.parametrize("method,name,state_dtype,expected", [
+    ("standard", "default", "default", "float32"), ("proposed", "default", "default", "float16"),
+    ("proposed", "adam", "default", "float32"), ("proposed", "bop", "default", "float32"),
+    ("standard", "factored_adam", "default", "float16"),
+    ("proposed", "adam", "float16", "float16"), ("proposed", "default", "bfloat16", "bfloat16")])
+def test_state_dtype(method, name, state_dtype, expected):
+  """"default": METHOD.md's 16-bit state where the optimizer keeps it accurate
+  (factored_adam), float32 where its float16 moments underflow (Adam, Bop)."""
   config = fashion_mnist_mlp.get_config(method)
-  config.optimizer.state_dtype = state_dtype
+  config.optimizer.name, config.optimizer.state_dtype = name, state_dtype
   assert optim.state_dtype(config) == expected
   params = optim.initial_params(config, _params())
   assert params["BinaryDense_0"]["kernel"].dtype == jnp.dtype(expected)
+
+
+@pytest.mark.parametrize("method,name,expected", [
+    ("proposed", "default", "factored_adam"), ("standard", "default", "adam"),
+    ("proposed", "adam", "adam"), ("standard", "bop", "bop")])
+def test_the_default_optimizer_is_the_methods(method, name, expected):
+  config = fashion_mnist_mlp.get_config(method)
+  config.optimizer.name = name
+  assert optim.optimizer_name(config) == expected
+  state = optim.make_optimizer(config, 10).init(_params())
+  kinds = {type(s).__name__ for s in jax.tree.leaves(
+      state, is_leaf=lambda s: isinstance(s, (optax.FactoredState, optax.ScaleByAdamState)))}
+  assert ("FactoredState" in kinds) == (expected == "factored_adam")
+
+
+def test_describe_says_what_the_defaults_resolve_to():
+  assert optim.describe(fashion_mnist_mlp.get_config()) == \
+      "optimizer: factored_adam, state float16, latent weights float16"
+  assert optim.describe(fashion_mnist_mlp.get_config("lean")) == \
+      "optimizer: factored_adam, state float16, latent weights float32"
+  assert optim.describe(fashion_mnist_mlp.get_config("standard")) == \
+      "optimizer: adam, state float32, latent weights float32"
 
 
 def test_plateau_halves_the_learning_rate_after_patience_epochs():
@@ -197,6 +223,7 @@ def test_after_params_ties_each_buffer_to_its_own_parameter():
   """Per-parameter buffers (Adam's moments) depend on their parameter's new value and
   on nothing else; counts and other leaves are left alone."""
   config = fashion_mnist_mlp.get_config()
+  config.optimizer.name = "adam"
   marked = _nan_marked_paths(config, _params())
   assert len(marked) == 2 and all("BinaryDense_0" in p for p in marked), marked  # mu, nu
   assert set(marked.values()) == {(7, 5)}
@@ -214,6 +241,7 @@ def test_after_params_lets_xla_update_in_place(monkeypatch):
   """The MLP's training step with Adam's moments in float16 and float32 weights needs
   less memory when the optimizer state is updated after the weights (no copies)."""
   config = fashion_mnist_mlp.get_config()
+  config.optimizer.name = "adam"
   config.optimizer.state_dtype, config.optimizer.weight_dtype = "float16", "float32"
   proposed = memory_report._for_method(config, "proposed")
   ordered = memory.measure_step(proposed).peak
