@@ -93,7 +93,8 @@ def run(argv):
       config = saved
       print(f"config: {workdir}/config.json, the workdir's own (--config to give another)")
   print(f"config:\n{config}")
-  print(optim.describe(config))
+  if "optimizer" in config:  # a sweep's config has none: its points print their own
+    print(optim.describe(config))
   print(f"workdir: {workdir}")
   if FLAGS.mode == "train":
     results = experiment.train_and_evaluate(config, workdir)

@@ -210,6 +210,16 @@ def test_a_second_command_into_a_workdir_in_use_is_refused(tmp_path):
   assert saved and int(saved[1]) == steps[-1], out
 
 
+def test_a_sweep_config_outside_mode_sweep_is_a_one_line_error(tmp_path):
+  proc = subprocess.run([sys.executable, "main.py", "--config=configs/sweeps/fashion_mnist_method.py",
+                         f"--workdir={tmp_path / 'w'}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+  assert proc.stderr.startswith("error: ConfigError: this config is a sweep of 2 points over "
+                                "configs/fashion_mnist_mlp.py: run it with --mode sweep")
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("mode,extra,message", [
     ("eval", [], "NoCheckpointError: no checkpoint in"),
     ("export", [], "NoCheckpointError: no checkpoint in"),
