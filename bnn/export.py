@@ -4,8 +4,8 @@
     python main.py --mode import --config C --workdir W2 --bundle B
     python main.py --mode eval   --config C --workdir W2
 
-Only the proposed method with Adam or factored_adam (the memory-lean state, config
-variant :lean), the ste_sign activation and the MLP or ConvNet models (CNV, BinaryNet)
+Only the proposed method with Adam or factored_adam (its default, the memory-lean
+state), the ste_sign activation and the MLP or ConvNet models (CNV, BinaryNet)
 can be exported: pi_backend runs nothing else. Latent weights, batch-norm betas and
 first moments (Adam's v too) are stored in float16 (the proposed method's storage): a
 checkpoint with float32 state (optimizer.state_dtype "default"/"float32",
@@ -185,9 +185,10 @@ def _one(opt_state, cls, required=True):
 
 
 def _optimizer_states(opt_state):
-  """(name, {bundle group: the optax tree it holds}, count) of an adam or factored_adam
-  state. factored_adam: the kernels' row and column statistics and float16 moment, and
-  the betas' float32 Adam moments (each tree masked to its parameters)."""
+  """(name, {bundle group: the optax tree it holds}, the Adam state, whose count is the
+  updates done) of an adam or factored_adam state. factored_adam: the kernels' row and
+  column statistics and float16 moment, and the betas' float32 Adam moments (each tree
+  masked to its parameters)."""
   adam = _one(opt_state, optax.ScaleByAdamState)
   factored = _one(opt_state, optax.FactoredState, required=False)
   if factored is None:
@@ -235,13 +236,11 @@ def state_to_bundle(model, state, *, input_shape, base_lr: float, source=None,
       tensors[f"params/{name}"] = w
   if trainable:
     for group, tree in groups.items():
+      float32 = group.startswith("fadam_v") or (opt_name == "factored_adam"
+                                                 and group.startswith("adam_"))
       for name, value in _modules(tree).items():
-        if group in ("adam_m", "adam_v") and opt_name == "factored_adam":
-          tensors[f"{group}/{name}"] = np.array(value, np.float32, order="C")
-        elif group in ("fadam_vrow", "fadam_vcol"):
-          tensors[f"{group}/{name}"] = np.array(value, np.float32, order="C")
-        else:
-          tensors[f"{group}/{name}"] = f16(value, "Adam moments")
+        tensors[f"{group}/{name}"] = (np.array(value, np.float32, order="C") if float32
+                                      else f16(value, "Adam moments"))
   for name, value in stats.items():
     tensors[f"batch_stats/{name}"] = np.array(value, np.float32, order="C")
   lr = float(base_lr) * float(optim.plateau_scale(state.opt_state))
