@@ -376,9 +376,9 @@ def _table(rows, jax_rows, mem, mem_lean, np_peak, t_pi) -> list[str]:
       "side's default for the proposed method) keeps 1.6 MiB of state (no float16 v per "
       "weight: float32 row and column statistics instead); its dense layers collect "
       "each kernel's float16 gradient (the largest, 0.4 MiB, is most of the transients) "
-      "and update it with NumPy and the C float16 conversions, a block of rows at a "
-      "time (`pi_backend/optimizers.py`), which is the step time it adds over the fused "
-      "Adam call."]
+      "and update it: the row and column statistics in NumPy, the moment and weights by "
+      "one C pass (`kernels.factored_adam_f16`); the separate gradient blocks and the "
+      "statistics are the step time it adds over the fused Adam call."]
   return lines
 
 

@@ -226,6 +226,8 @@ _SIGNATURES = {
     "bnn_f16_to_f32": (_INT, [_P, _I, _P]),
     "bnn_adam_f16": (_INT, [_P, _P, _P, _P, _I, _I, _F, _F, _F, _F]),
     "bnn_adam_f16_g16": (_INT, [_P, _P, _P, _P, _I, _I, _F, _F, _F, _F]),
+    "bnn_factored_adam_f16": (_INT, [_P, _P, _P, _I, _I, _I, _P, ctypes.c_int, _P,
+                                     ctypes.c_int, _F, _F, _F, _F]),
 }
 
 

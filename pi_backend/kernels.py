@@ -955,6 +955,36 @@ def adam_f16(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, *, step
   _call(fn, cname, _ptr(w), _ptr(m), _ptr(v), _ptr(g), w.size, step, lr, b1, b2, eps)
 
 
+def factored_adam_f16(w: np.ndarray, m: np.ndarray, g: np.ndarray, f1: np.ndarray,
+                     f1_on_j: bool, f2: np.ndarray, f2_on_j: bool, *, b1: float,
+                     correction: float, lr: float) -> None:
+  """factored_adam's elementwise step in place on float16 w and m, of shape (..., ni, nj)
+  (the leading axes are p), from float16 g of that shape and the float32 factors f1 and
+  f2, of shape (..., nj) when on_j (broadcast over i), else (..., ni) (broadcast over
+  j): u = (g * f1) * f2; m = float16(b1 m + (1 - b1) u); w = float16(w + (m /
+  correction) * -lr), in float32 (pi_backend/optimizers.py)."""
+  fn = "factored_adam_f16"
+  _array(fn, "w", w, F16, writable=True)
+  if w.ndim < 2:
+    raise ValueError(f"{fn}: w has shape {list(w.shape)}; expected at least 2 axes")
+  *lead, ni, nj = w.shape
+  _array(fn, "m", m, F16, w.shape, what="(w's shape)", writable=True)
+  _array(fn, "g", g, F16, w.shape, what="(w's shape)")
+  on_j = [int(bool(f1_on_j)), int(bool(f2_on_j))]
+  for name, f, j in (("f1", f1, on_j[0]), ("f2", f2, on_j[1])):
+    _array(fn, name, f, F32, (*lead, nj if j else ni),
+           what=f"(w's shape without its {'second-' if j else ''}last axis)")
+  _check_separate(fn, {"w": w, "m": m, "g": g, "f1": f1, "f2": f2}, written=("w", "m"))
+  correction, lr, b1 = float(correction), float(lr), float(b1)
+  if not (correction > 0 and math.isfinite(correction) and math.isfinite(lr)
+          and 0 <= b1 < 1):
+    raise ValueError(f"{fn}: correction={correction}, lr={lr}, b1={b1}; expected "
+                     f"correction > 0, a finite lr and 0 <= b1 < 1")
+  n_lead = int(np.prod(lead)) if lead else 1
+  _call(fn, "bnn_factored_adam_f16", _ptr(w), _ptr(m), _ptr(g), n_lead, ni, nj, _ptr(f1),
+        on_j[0], _ptr(f2), on_j[1], b1, float(np.float32(1 - b1)), correction, lr)
+
+
 def sign_scaled_grad(dw: np.ndarray, w: np.ndarray, c: np.float16) -> np.ndarray:
   """The sign_scaled weight gradient, float16 of w's shape: +-c by the sign of dw float32
   (dw >= 0: +c; NaN: -c), 0 where the float16 latent weight w has |w| > 1 or is NaN."""

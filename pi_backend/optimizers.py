@@ -19,6 +19,11 @@ the same magnitude). Adam's float16 v underflows there: (1 - b2) / N is below fl
 smallest value for N > 17,000 weights.
 
 The betas (few): Adam with eps_root = 0 and float32 moments.
+
+The statistics are NumPy, a block of rows at a time. When d0 and d1 are the last two
+axes (every kernel of the paper's models) and g is float16, the moment and weight
+update is one C pass (kernels.factored_adam_f16, the same float32 operations in the same
+order: the same bits as the NumPy blocks, which do it otherwise).
 """
 from __future__ import annotations
 
@@ -106,6 +111,13 @@ def factored_adam(w: np.ndarray, m: np.ndarray, vrow: np.ndarray, vcol: np.ndarr
   row_factor = (vrow / vrow.mean(axis=reduced_d1, keepdims=True, dtype=F32)) ** F32(-0.5)
   col_factor = vcol ** F32(-0.5)
   correction = F32(1) - F32(b1) ** F32(count)
+  if g.dtype == F16 and {d0, d1} == {len(shape) - 2, len(shape) - 1}:
+    # one C pass (every kernel of the paper's models): a factor that leaves out the
+    # second-last axis varies along the last one
+    K.factored_adam_f16(w, m, g, np.ascontiguousarray(row_factor), d0 == len(shape) - 2,
+                        np.ascontiguousarray(col_factor), d1 == len(shape) - 2, b1=b1,
+                        correction=float(correction), lr=lr)
+    return
   for rows in _chunks(shape):
     u = _f32(g[rows])
     u *= _part(row_factor, d0, rows)

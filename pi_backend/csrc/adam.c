@@ -97,6 +97,67 @@ int bnn_adam_f16_g16(uint16_t *w, uint16_t *m, uint16_t *v, const uint16_t *g, i
   return adam_impl(w, m, v, NULL, g, n, step, lr, b1, b2, eps);
 }
 
+#if BNN_HAVE_F16_NEON
+static int64_t factored_row_neon(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t n,
+                                 const float *f1, float s1, const float *f2, float s2,
+                                 float b1, float one_b1, float correction, float neg_lr) {
+  const float32x4_t vb1 = vdupq_n_f32(b1), vob1 = vdupq_n_f32(one_b1);
+  const float32x4_t vcorr = vdupq_n_f32(correction), vnlr = vdupq_n_f32(neg_lr);
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const float32x4_t a = f1 ? vld1q_f32(f1 + j) : vdupq_n_f32(s1);
+    const float32x4_t b = f2 ? vld1q_f32(f2 + j) : vdupq_n_f32(s2);
+    const float32x4_t u = vmulq_f32(vmulq_f32(load_h4(g + j), a), b);
+    store_h4(m + j, vaddq_f32(vmulq_f32(vb1, load_h4(m + j)), vmulq_f32(vob1, u)));
+    store_h4(w + j, vaddq_f32(vmulq_f32(vdivq_f32(load_h4(m + j), vcorr), vnlr),
+                              load_h4(w + j)));
+  }
+  return j;
+}
+#endif
+
+int bnn_factored_adam_f16(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t np,
+                          int64_t ni, int64_t nj, const float *f1, int f1_on_j,
+                          const float *f2, int f2_on_j, float b1, float one_b1,
+                          float correction, float lr) {
+  int64_t p, i, j, total;
+  int rc;
+  if (np < 0 || ni < 0 || nj < 0) return BNN_ERR_SIZE;
+  if ((rc = bnn__count(&total, sizeof(float), np, ni, nj, 1)) != BNN_OK) return rc;
+  if ((rc = bnn__count(&total, sizeof(float), np, ni, 1, 1)) != BNN_OK) return rc;
+  if ((rc = bnn__count(&total, sizeof(float), np, nj, 1, 1)) != BNN_OK) return rc;
+  if (!(correction > 0.0f) || !(lr == lr) || !(b1 == b1) || !(one_b1 == one_b1)) {
+    return BNN_ERR_ARG;
+  }
+  if (np == 0 || ni == 0 || nj == 0) return BNN_OK;
+  if (!w || !m || !g || !f1 || !f2) return BNN_ERR_NULL;
+  for (p = 0; p < np; ++p) {
+    for (i = 0; i < ni; ++i) {
+      const int64_t row = (p * ni + i) * nj;
+      const float *r1 = f1_on_j ? f1 + p * nj : NULL, *r2 = f2_on_j ? f2 + p * nj : NULL;
+      const float s1 = f1_on_j ? 0.0f : f1[p * ni + i], s2 = f2_on_j ? 0.0f : f2[p * ni + i];
+      j = 0;
+#if BNN_HAVE_X86_SIMD
+      if (bnn__float_level() >= BNN__IMPL_AVX2) {
+        j = bnn__x86_factored_row(w + row, m + row, g + row, nj, r1, s1, r2, s2, b1, one_b1,
+                                  correction, -lr);
+      }
+#elif BNN_HAVE_F16_NEON
+      j = factored_row_neon(w + row, m + row, g + row, nj, r1, s1, r2, s2, b1, one_b1,
+                            correction, -lr);
+#endif
+      for (; j < nj; ++j) {
+        const float a = r1 ? r1[j] : s1, b = r2 ? r2[j] : s2;
+        const float u = (bnn__f16_to_f32(g[row + j]) * a) * b;
+        m[row + j] = bnn__f32_to_f16(b1 * bnn__f16_to_f32(m[row + j]) + one_b1 * u);
+        w[row + j] = bnn__f32_to_f16((bnn__f16_to_f32(m[row + j]) / correction) * -lr +
+                                     bnn__f16_to_f32(w[row + j]));
+      }
+    }
+  }
+  return BNN_OK;
+}
+
 /* The sign_scaled weight gradient on float16 bit patterns (pi_backend.quant): c16 with
  * the sign of dw (dw >= 0: +, else -, NaN included), 0 where the latent weight is
  * outside [-1, 1] (|w| > 1.0 = 0x3c00, or NaN). Branch-free. */

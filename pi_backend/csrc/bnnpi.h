@@ -263,6 +263,15 @@ int bnn_adam_f16(uint16_t *w, uint16_t *m, uint16_t *v, const float *g, int64_t 
                  int64_t step, float lr, float b1, float b2, float eps);
 int bnn_adam_f16_g16(uint16_t *w, uint16_t *m, uint16_t *v, const uint16_t *g, int64_t n,
                      int64_t step, float lr, float b1, float b2, float eps);
+/* factored_adam's elementwise step (pi_backend/optimizers.py) on a kernel seen as
+ * (np, ni, nj), all float16 bits: u = (g * f1) * f2, where f1 (f2) is read at
+ * [p * nj + j] when f1_on_j (f2_on_j) is nonzero, else at [p * ni + i];
+ *   m = float16(b1 m + one_b1 u);  w = float16(w + (m / correction) * (-lr)),
+ * in float32, m read back as stored. */
+int bnn_factored_adam_f16(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t np,
+                          int64_t ni, int64_t nj, const float *f1, int f1_on_j,
+                          const float *f2, int f2_on_j, float b1, float one_b1,
+                          float correction, float lr);
 /* The sign_scaled weight gradient in float16 bits: out[i] = c16 with the sign bit set
  * when !(dw[i] >= 0), or 0 when |w[i]| > 1 or NaN (w float16 bits: (w & 0x7fff) > 0x3c00). */
 int bnn_sign_scaled_grad(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,

@@ -145,6 +145,28 @@ F16C_ATTR int64_t bnn__x86_adam(uint16_t *w, uint16_t *m, uint16_t *v, const flo
   return i;
 }
 
+/* A row of factored_adam's step, 8 elements at a time, the operations of adam.c's loop
+ * in the same order (no FMA): bit-identical. */
+F16C_ATTR int64_t bnn__x86_factored_row(uint16_t *w, uint16_t *m, const uint16_t *g,
+                                        int64_t n, const float *f1, float s1, const float *f2,
+                                        float s2, float b1, float one_b1, float correction,
+                                        float neg_lr) {
+  const __m256 vb1 = _mm256_set1_ps(b1), vob1 = _mm256_set1_ps(one_b1);
+  const __m256 vcorr = _mm256_set1_ps(correction), vnlr = _mm256_set1_ps(neg_lr);
+  const __m256 vs1 = _mm256_set1_ps(s1), vs2 = _mm256_set1_ps(s2);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 a = f1 ? _mm256_loadu_ps(f1 + j) : vs1;
+    const __m256 b = f2 ? _mm256_loadu_ps(f2 + j) : vs2;
+    const __m256 u = _mm256_mul_ps(_mm256_mul_ps(load_h8(g + j), a), b);
+    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(vb1, load_h8(m + j)), _mm256_mul_ps(vob1, u));
+    store_h8(m + j, mi);
+    store_h8(w + j, _mm256_add_ps(_mm256_mul_ps(_mm256_div_ps(load_h8(m + j), vcorr), vnlr),
+                                  load_h8(w + j)));
+  }
+  return j;
+}
+
 /* bnn__unpack_row with vectors: +-1.0f from the bits of row (n elements). */
 __attribute__((target("avx2"))) static void unpack_avx2(const uint64_t *row, int64_t n,
                                                         float *out) {

@@ -419,6 +419,23 @@ static void fuzz_norm_act(input *in, buffers *b) {
   }
 }
 
+/* factored_adam's elementwise step: (np, ni, nj) sizes, both factor orientations. */
+static void fuzz_factored_adam(input *in, buffers *b) {
+  const int64_t np_ = size_arg(in), ni = size_arg(in), nj = size_arg(in);
+  const int on1 = (int)take(in, 1) % 2, on2 = (int)take(in, 1) % 2;
+  const int64_t total = prod3(np_, ni, nj);
+  uint16_t *w = (uint16_t *)buf(b, total, 2), *m = (uint16_t *)buf(b, total, 2);
+  const uint16_t *g = (const uint16_t *)buf(b, total, 2);
+  const float *f1 = fbuf(b, prod(np_, on1 ? nj : ni), 1);
+  const float *f2 = fbuf(b, prod(np_, on2 ? nj : ni), 1);
+  const float correction = (float)small_arg(in, -1, 4) / 4.0f;
+  const int rc = bnn_factored_adam_f16(w, m, g, np_, ni, nj, f1, on1, f2, on2, 0.9f, 0.1f,
+                                       correction, 1e-3f);
+  expect(b, rc, sane3(np_, ni, nj) && total >= 0 && total <= ((int64_t)1 << 31) &&
+                    correction > 0.0f,
+         np_ < 0 || ni < 0 || nj < 0 || !(correction > 0.0f), "bnn_factored_adam_f16");
+}
+
 static void fuzz_numerics(input *in, buffers *b) {
   const int64_t n = size_arg(in);
   const int which = (int)take(in, 1) % 4;
@@ -456,11 +473,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   in.n = size;
   memset(&b, 0, sizeof b);
   b.in = &in;
-  switch (take(&in, 1) % 5) {
+  switch (take(&in, 1) % 6) {
     case 0: fuzz_pack(&in, &b); break;
     case 1: fuzz_gemm(&in, &b); break;
     case 2: fuzz_conv(&in, &b); break;
     case 3: fuzz_norm_act(&in, &b); break;
+    case 4: fuzz_factored_adam(&in, &b); break;
     default: fuzz_numerics(&in, &b); break;
   }
   free_all(&b);

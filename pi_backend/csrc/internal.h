@@ -165,6 +165,11 @@ void bnn__x86_f16_to_f32(const uint16_t *x, int64_t n, float *out);
 int64_t bnn__x86_adam(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
                       const uint16_t *g16, int64_t n, float lr, float b1, float b2, float eps,
                       float bc1, float bc2);
+/* one row of bnn_factored_adam_f16: f1 / f2 the row's factors when the pointer is not
+ * NULL, else the scalars s1 / s2; elements [0, n - n % 8), returns how many */
+int64_t bnn__x86_factored_row(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t n,
+                              const float *f1, float s1, const float *f2, float s2,
+                              float b1, float one_b1, float correction, float neg_lr);
 void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out);
 uint64_t bnn__x86_f16_word64(const uint16_t *row); /* AVX2 */
 int64_t bnn__x86_sign_scaled(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,

@@ -5,6 +5,7 @@ comparison with optax itself is in test_parity_with_jax.py."""
 import numpy as np
 import pytest
 
+from pi_backend import kernels as K
 from pi_backend import optimizers
 from pi_backend.graph import factored_dims, factored_shapes
 
@@ -129,3 +130,42 @@ def test_factored_adam_refuses_read_only_state():
     optimizers.factored_adam(np.zeros((4, 3), np.float16), m, np.zeros(3, np.float32),
                              np.zeros(4, np.float32), np.zeros((4, 3), np.float32),
                              count=1, lr=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (64, 64), (9, 13), (2, 37), (3, 3, 8, 16),
+                                   (3, 3, 16, 8), (3, 3, 8, 8), (1, 1, 3, 70)])
+@pytest.mark.parametrize("impl", K.float_impls())
+def test_the_c_step_is_bit_identical_to_the_numpy_one(shape, impl):
+  """A float16 gradient goes through kernels.factored_adam_f16 (one C pass, SIMD rows of
+  8 or 4 with a scalar tail); a float32 one through the NumPy blocks: the same bits, in
+  every float implementation, for both factor orientations (a square kernel's row
+  factor varies along the rows, its column factor along the columns)."""
+  rng = np.random.default_rng(sum(shape))
+  w = (rng.uniform(-1, 1, shape) * 0.1).astype(np.float16)
+  m = (rng.standard_normal(shape) * 0.3).astype(np.float16)
+  vrow, vcol = (rng.uniform(1e-6, 1e-4, s).astype(np.float32) for s in factored_shapes(shape))
+  g = (rng.standard_normal(shape) * 1e-3).astype(np.float16)
+  ours = [a.copy() for a in (w, m, vrow, vcol)]
+  theirs = [a.copy() for a in (w, m, vrow, vcol)]
+  before = K.float_impl()
+  K.set_float_impl(impl)
+  try:
+    optimizers.factored_adam(*ours, g, count=3, lr=1e-3)
+  finally:
+    K.set_float_impl(before)
+  optimizers.factored_adam(*theirs, g.astype(np.float32), count=3, lr=1e-3)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_the_c_step_names_bad_arguments():
+  w, m, g = (np.zeros((4, 6), np.float16) for _ in range(3))
+  rows, cols = np.ones(6, np.float32), np.ones(4, np.float32)
+  K.factored_adam_f16(w, m, g, rows, True, cols, False, b1=0.9, correction=0.1, lr=1e-3)
+  with pytest.raises(ValueError, match=r"f1.*\[4\]|f1.*\(w's shape without its last axis\)"):
+    K.factored_adam_f16(w, m, g, rows, False, cols, False, b1=0.9, correction=0.1, lr=1e-3)
+  with pytest.raises(ValueError, match="correction=0.0"):
+    K.factored_adam_f16(w, m, g, rows, True, cols, False, b1=0.9, correction=0.0, lr=1e-3)
+  with pytest.raises((ValueError, TypeError), match="m"):
+    K.factored_adam_f16(w, m.astype(np.float32), g, rows, True, cols, False, b1=0.9,
+                        correction=0.1, lr=1e-3)
