@@ -22,8 +22,8 @@ Parity tolerances, and why:
     noise so that the test can ask for identical signs;
     (b) Adam's first moment rounds (1 - b1) g + b1 m with 1 - float32(0.9) in C and
     float32(0.1) in optax, which can move a float16 rounding by one ulp.
-  Both optimizers pi_backend continues are checked: Adam, and factored_adam (the memory-
-  lean state, config variant :lean), whose first moment is the EMA of g / sqrt(v_hat), of
+  Both optimizers pi_backend continues are checked: Adam, and factored_adam (the proposed
+  method's default, the memory-lean state), whose first moment is the EMA of g / sqrt(v_hat), of
   magnitude ~1, so that (a) bounds it by 0.2; its row and column statistics average g^2,
   which (a) does not change, and agree to 1e-5 relative.
 """
