@@ -38,10 +38,11 @@ from bnn.models.convnet import ConvNet
 from bnn.models.mlp import MLP
 from pi_backend import atomic
 from pi_backend import bundle as bundle_lib
+from pi_backend import graph as graph_lib
 from pi_backend import signs
 
 MODELS = ("mlp", "cnv", "binarynet")
-OPTIMIZERS = ("adam", "factored_adam")  # pi_backend/graph.py OPTIMIZERS
+OPTIMIZERS = graph_lib.OPTIMIZERS  # what pi_backend trains with
 _DEFAULTS = {"grad_quantizer": "identity", "bn_grad_quantizer": "float16",
              "weight_grad_quantizer": "sign_scaled"}
 

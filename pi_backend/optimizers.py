@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from pi_backend import kernels as K
-from pi_backend.graph import factored_dims
+from pi_backend.graph import factored_dims, factored_shapes
 
 F16, F32 = np.float16, np.float32
 
@@ -85,10 +85,11 @@ def factored_adam(w: np.ndarray, m: np.ndarray, vrow: np.ndarray, vcol: np.ndarr
   if len(shape) < 2:
     raise ValueError(f"{fn}: w has shape {list(shape)}; expected a kernel of rank >= 2")
   d1, d0 = factored_dims(shape)
+  rows_shape, cols_shape = factored_shapes(shape)
   _check(fn, "w", w, F16, shape)
   _check(fn, "m", m, F16, shape)
-  _check(fn, "vrow", vrow, F32, [n for i, n in enumerate(shape) if i != d0])
-  _check(fn, "vcol", vcol, F32, [n for i, n in enumerate(shape) if i != d1])
+  _check(fn, "vrow", vrow, F32, rows_shape)
+  _check(fn, "vcol", vcol, F32, cols_shape)
   if not isinstance(g, np.ndarray) or g.dtype not in (F16, F32) or g.shape != shape:
     got = f"{g.dtype}{list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
     raise ValueError(f"{fn}: g is {got}; expected float16 or float32{list(shape)}")
@@ -114,9 +115,8 @@ def factored_adam(w: np.ndarray, m: np.ndarray, vrow: np.ndarray, vcol: np.ndarr
   if g.dtype == F16 and {d0, d1} == {len(shape) - 2, len(shape) - 1}:
     # one C pass (every kernel of the paper's models): a factor that leaves out the
     # second-last axis varies along the last one
-    K.factored_adam_f16(w, m, g, np.ascontiguousarray(row_factor), d0 == len(shape) - 2,
-                        np.ascontiguousarray(col_factor), d1 == len(shape) - 2, b1=b1,
-                        correction=float(correction), lr=lr)
+    K.factored_adam_f16(w, m, g, row_factor, d0 == len(shape) - 2, col_factor,
+                        d1 == len(shape) - 2, b1=b1, correction=float(correction), lr=lr)
     return
   for rows in _chunks(shape):
     u = _f32(g[rows])
