@@ -216,6 +216,7 @@ _SIGNATURES = {
     "bnn_conv2d_backward_weight_f32": (_INT, [_P, _P] + _CONV + [_P]),
     "bnn_bn_l1_forward": (_INT, [_P, _P, _I, _I, _F, _P, _P, _P, _P, _P, _P, _P, _P, _D]),
     "bnn_bn_eval": (_INT, [_P, _P, _P, _P, _I, _I, _P]),
+    "bnn_bn_eval_sign": (_INT, [_P, _P, _P, _P, _I, _I, _P]),
     "bnn_bn_l1_backward": (_INT, [_P, _P, _P, _P, _I, _I, _INT, _P, _P]),
     "bnn_sign_ste_forward": (_INT, [_P, _I, _I, _F, _P, _P]),
     "bnn_sign_ste_backward": (_INT, [_P, _P, _I, _I, _P]),

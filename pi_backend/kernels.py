@@ -822,6 +822,20 @@ def batch_norm_eval(x: np.ndarray, beta: np.ndarray, mean: np.ndarray,
   return y
 
 
+def batch_norm_eval_sign(x: np.ndarray, beta: np.ndarray, mean: np.ndarray,
+                         scale: np.ndarray) -> np.ndarray:
+  """pack(batch_norm_eval(x, beta, mean, scale)) in one pass: uint64 (..., words(c)), the
+  same bits, without the float32 array in between."""
+  fn = "batch_norm_eval_sign"
+  n, c = _bn_x(fn, "x", x)
+  for name, a in (("beta", beta), ("mean", mean), ("scale", scale)):
+    _array(fn, name, a, F32, (c,), what="(c,) for the last axis of x")
+  bits = np.empty(x.shape[:-1] + (words(c),), U64)
+  _call(fn, "bnn_bn_eval_sign", _ptr(x), _ptr(beta), _ptr(mean), _ptr(scale), n, c,
+        _ptr(bits))
+  return bits
+
+
 # ---- activation, pooling ---------------------------------------------------------------
 
 def sign_ste(x: np.ndarray, *, clip: float = 1.0):
@@ -1079,7 +1093,7 @@ def _nonnegative_half_bits(fn: str, name: str, c) -> int:
 
 
 __all__ = [
-    "BatchNormForward", "adam_f16", "batch_norm_eval", "batch_norm_l1",
+    "BatchNormForward", "adam_f16", "batch_norm_eval", "batch_norm_eval_sign", "batch_norm_l1",
     "batch_norm_l1_backward", "binary_conv2d", "conv2d_backward_input",
     "conv2d_backward_weight", "conv_output_hw", "conv_padding", "dense_weight_update",
     "f16_to_f32", "f32_to_f16",

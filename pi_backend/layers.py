@@ -351,11 +351,15 @@ class BatchNorm(Layer):
   def buffers(self):
     return super().buffers() + [self.mean, self.scale]
 
+  def eval_arguments(self) -> tuple:
+    """(beta, mean, scale) float32, as K.batch_norm_eval and K.batch_norm_eval_sign take."""
+    return self.beta.value.astype(F32), self.mean, self.scale
+
   def forward(self, x, train):
     x = np.ascontiguousarray(x.floats() if isinstance(x, Packed) else x, F32)
-    beta = self.beta.value.astype(F32)
     if not train:
-      return K.batch_norm_eval(x, beta, self.mean, self.scale)
+      return K.batch_norm_eval(x, *self.eval_arguments())
+    beta = self.beta.value.astype(F32)
     r = K.batch_norm_l1(x, beta, eps=self.spec.eps, running_mean=self.mean,
                         running_scale=self.scale, momentum=self.spec.momentum)
     self._kept = (r.sign_bits, r.scale16, r.m16)

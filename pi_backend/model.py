@@ -94,7 +94,8 @@ class Model:
   def _evaluate(self, x: L.Batch) -> np.ndarray:
     """Evaluation with batch norm and sign folded into one integer threshold per channel
     where the batch norm's input is integer (an XNOR layer's output, maybe max-pooled):
-    bits = x >= t (BatchNorm.thresholds), the same bits as sign(BN_eval(x)); +-1
+    bits = x >= t (BatchNorm.thresholds), the same bits as sign(BN_eval(x)); on float
+    input (the first layer's output) both in one C pass, K.batch_norm_eval_sign. +-1
     activations stay packed (Sign, MaxPool, Flatten handle them)."""
     layers = self.layers[self._first:]
     integer, i = False, 0
@@ -105,10 +106,13 @@ class Model:
       if fused is not None:  # binary conv [+ max pool] + batch norm + sign: one C call
         x, i = fused
         continue
-      if integer and isinstance(layer, L.BatchNorm) and isinstance(nxt, L.Sign):
+      if isinstance(layer, L.BatchNorm) and isinstance(nxt, L.Sign):
         x = np.ascontiguousarray(x, np.float32)
-        x -= self._thresholds(layer)  # exact: integers below 2**24
-        x = L.Packed(K.pack(x), x.shape[-1])
+        if integer:
+          x -= self._thresholds(layer)  # exact: integers below 2**24
+          x = L.Packed(K.pack(x), x.shape[-1])
+        else:  # the float first layer's output: batch norm and sign in one pass
+          x = L.Packed(K.batch_norm_eval_sign(x, *layer.eval_arguments()), x.shape[-1])
         i += 2
         continue
       x = layer.forward(x, False)
@@ -121,8 +125,10 @@ class Model:
 
   def _fused_conv(self, layers, i, x):
     """(Packed output, next index) when layers[i:] starts with a binary (not first) conv
-    on packed input, maybe a max pool, then batch norm and sign: K.binary_conv2d_sign,
-    the same bits as those layers in turn (integer conv outputs, monotone threshold)."""
+    on packed input, then batch norm and sign, with a max pool before the batch norm or
+    after the sign, or none: K.binary_conv2d_sign, the same bits as those layers in turn
+    (integer conv outputs, a threshold increasing in them: pooling the bits, their OR,
+    is thresholding the pooled maximum)."""
     conv = layers[i]
     if not (isinstance(conv, L.Conv) and not conv.spec.first_layer and isinstance(x, L.Packed)):
       return None
@@ -132,6 +138,9 @@ class Model:
     if not (j + 1 < len(layers) and isinstance(layers[j], L.BatchNorm)
             and isinstance(layers[j + 1], L.Sign)):
       return None
+    end = j + 2
+    if not pool and end < len(layers) and isinstance(layers[end], L.MaxPool):
+      pool, end = True, end + 1
     key = ("int32", id(layers[j]))
     t = self._threshold_cache.get(key)
     if t is None:
@@ -139,7 +148,7 @@ class Model:
     s = conv.spec
     bits = K.binary_conv2d_sign(x.bits, s.in_shape[2], conv.bits_b, t, s.kernel, s.strides,
                                 s.padding, pool=bool(pool))
-    return L.Packed(bits, s.out_shape[-1]), j + 2
+    return L.Packed(bits, s.out_shape[-1]), end
 
   def _thresholds(self, layer) -> np.ndarray:
     key = id(layer)

@@ -8,6 +8,12 @@
 
 #include "internal.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
 /* The AVX-512F row kernels (float_x86.c; bit-identical) when the float impl is 4. */
 #if BNN_HAVE_X86_SIMD
 #define X86_ONLY(call) call
@@ -107,16 +113,53 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
   return BNN_OK;
 }
 
+/* y[j] = (x[j] - mean[j]) / scale[j] + beta[j] for j < c. Each operation is correctly
+ * rounded float32 at every width (and the vector units use the scalar unit's denormal
+ * mode: SSE2's MXCSR, AArch64's FPCR; armv7 NEON flushes denormals, so it is not used),
+ * so the vector loops give the scalar loop's bits. */
+static void bn_eval_row(const float *x, const float *beta, const float *mean,
+                        const float *scale, int64_t c, float *y) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  for (; j + 4 <= c; j += 4) {
+    __m128 v = _mm_sub_ps(_mm_loadu_ps(x + j), _mm_loadu_ps(mean + j));
+    v = _mm_add_ps(_mm_div_ps(v, _mm_loadu_ps(scale + j)), _mm_loadu_ps(beta + j));
+    _mm_storeu_ps(y + j, v);
+  }
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+  for (; j + 4 <= c; j += 4) {
+    float32x4_t v = vsubq_f32(vld1q_f32(x + j), vld1q_f32(mean + j));
+    v = vaddq_f32(vdivq_f32(v, vld1q_f32(scale + j)), vld1q_f32(beta + j));
+    vst1q_f32(y + j, v);
+  }
+#endif
+  for (; j < c; ++j) y[j] = (x[j] - mean[j]) / scale[j] + beta[j];
+}
+
 int bnn_bn_eval(const float *x, const float *beta, const float *mean, const float *scale,
                 int64_t n, int64_t c, float *y) {
-  int64_t i, j;
+  int64_t i;
   int err = check_nc(n, c);
   if (err != BNN_OK) return err;
   if (!x || !beta || !mean || !scale || !y) return BNN_ERR_NULL;
+  for (i = 0; i < n; ++i) bn_eval_row(x + i * c, beta, mean, scale, c, y + i * c);
+  return BNN_OK;
+}
+
+int bnn_bn_eval_sign(const float *x, const float *beta, const float *mean,
+                     const float *scale, int64_t n, int64_t c, uint64_t *bits) {
+  const int64_t wc = bnn__words(c);
+  float y[64];  /* one word's values at a time: nothing the size of x is written */
+  int64_t i, j0;
+  int err = check_nc(n, c);
+  if (err != BNN_OK) return err;
+  if (!x || !beta || !mean || !scale || !bits) return BNN_ERR_NULL;
   for (i = 0; i < n; ++i) {
-    const float *xi = x + i * c;
-    float *yi = y + i * c;
-    for (j = 0; j < c; ++j) yi[j] = (xi[j] - mean[j]) / scale[j] + beta[j];
+    for (j0 = 0; j0 < c; j0 += 64) {
+      const int64_t cnt = c - j0 < 64 ? c - j0 : 64;
+      bn_eval_row(x + i * c + j0, beta + j0, mean + j0, scale + j0, cnt, y);
+      bnn__pack_row(y, cnt, bits + i * wc + j0 / 64);
+    }
   }
   return BNN_OK;
 }

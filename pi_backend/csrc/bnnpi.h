@@ -210,6 +210,10 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
 /* Evaluation: y = (x - mean) / scale + beta. */
 int bnn_bn_eval(const float *x, const float *beta, const float *mean, const float *scale,
                 int64_t n, int64_t c, float *y);
+/* sign(bnn_bn_eval(x)) packed (bits (n, words(c))): the same bits as bnn_pack of
+ * bnn_bn_eval's y, without writing y. */
+int bnn_bn_eval_sign(const float *x, const float *beta, const float *mean,
+                     const float *scale, int64_t n, int64_t c, uint64_t *bits);
 /* Proposed backward: dy' = float16(dy) when dy_to_f16 (the default gradient
  * quantizer), else dy; g = dy' / scale16; s = +-1 from sign_bits;
  * dx = g - mean(g) - s * (mean(g * s) * m16); dbeta = sum(dy'). */

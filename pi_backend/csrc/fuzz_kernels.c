@@ -396,6 +396,14 @@ static void fuzz_norm_act(input *in, buffers *b) {
   } else if (which == 1) {
     rc = bnn_bn_eval(x, beta, mean, scale, n, c, y);
     check_code(rc, "bnn_bn_eval");
+    uint64_t *packed = (uint64_t *)buf(b, prod(n, wc), 8);
+    const int rc_sign = bnn_bn_eval_sign(x, beta, mean, scale, n, c, bits);
+    check_code(rc_sign, "bnn_bn_eval_sign");
+    if (rc == BNN_OK && bits && packed) {  /* the fused call: the bits of packing y */
+      if (rc_sign != BNN_OK || bnn_pack(y, n, c, packed) != BNN_OK ||
+          memcmp(packed, bits, (size_t)(n * wc) * sizeof(uint64_t)) != 0)
+        abort();
+    }
   } else if (which == 2) {
     float *dbeta = fbuf(b, c, 1);
     rc = bnn_bn_l1_backward(x, bits, s16, m16, n, c, (int)take(in, 1) % 2, y, dbeta);

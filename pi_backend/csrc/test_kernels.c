@@ -295,6 +295,43 @@ static void test_pack_random(void) {
   }
 }
 
+/* bnn_bn_eval against the scalar expression (the same float32 operations: equal bits,
+ * vector loops included), and bnn_bn_eval_sign against the signs of that. */
+static void test_bn_eval_random(void) {
+  int64_t c, i, j;
+  for (c = 1; c <= 140; c += 11) {
+    const int64_t n = 3, wc = bnn_words(c);
+    float *x = rnd_array(n * c), *beta = rnd_array(c), *mean = rnd_array(c);
+    float *scale = rnd_array(c), *y = (float *)malloc((size_t)(n * c) * sizeof(float));
+    uint64_t *bits = (uint64_t *)malloc((size_t)(n * wc) * sizeof(uint64_t));
+    int ok = 1;
+    for (j = 0; j < c; ++j) {
+      scale[j] = 0.25f + fabsf(scale[j]);
+      if (j % 3 == 0) beta[j] = 0.0f;
+      if (j % 4 == 0) x[j] = mean[j];  /* y = beta: +-0 where beta = 0 */
+    }
+    CHECK(bnn_bn_eval(x, beta, mean, scale, n, c, y) == BNN_OK);
+    CHECK(bnn_bn_eval_sign(x, beta, mean, scale, n, c, bits) == BNN_OK);
+    for (i = 0; i < n; ++i) {
+      for (j = 0; j < c; ++j) {
+        const float want = (x[i * c + j] - mean[j]) / scale[j] + beta[j];
+        ok &= memcmp(&want, &y[i * c + j], sizeof want) == 0;
+        ok &= (int)((bits[i * wc + j / 64] >> (j % 64)) & 1u) == (want >= 0.0f);
+      }
+      if (c % 64) ok &= (bits[i * wc + wc - 1] >> (c % 64)) == 0;
+    }
+    CHECK(ok);
+    CHECK(bnn_bn_eval_sign(x, beta, mean, scale, 0, c, bits) == BNN_ERR_SIZE);
+    CHECK(bnn_bn_eval_sign(x, beta, NULL, scale, n, c, bits) == BNN_ERR_NULL);
+    free(x);
+    free(beta);
+    free(mean);
+    free(scale);
+    free(y);
+    free(bits);
+  }
+}
+
 static void test_dense_random(void) {
   static const int64_t dims[][3] = {{1, 1, 1}, {5, 7, 3}, {9, 65, 13}, {4, 130, 64}, {13, 64, 9}};
   size_t d;
@@ -437,6 +474,7 @@ int main(void) {
   test_pool_and_sign();
   test_adam();
   test_pack_random();
+  test_bn_eval_random();
   test_dense_random();
   test_conv_random();
   if (failures) {

@@ -55,6 +55,48 @@ def test_running_statistics():
     K.batch_norm_l1(x, np.zeros(4, np.float32), running_mean=rm)
 
 
+def _eval_inputs(shape, seed):
+  """x with the awkward values mixed in (signed zeros, infinities, NaN, denormals, and
+  values whose normalised result is exactly 0), and channel parameters."""
+  rng = np.random.default_rng(seed)
+  c = shape[-1]
+  x = _x(shape, seed)
+  mean = rng.standard_normal(c).astype(np.float32)
+  scale = rng.uniform(0.1, 3, c).astype(np.float32)
+  beta = rng.standard_normal(c).astype(np.float32)
+  beta[::3] = 0
+  flat = x.reshape(-1, c)
+  specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40], np.float32)
+  pick = rng.random(flat.shape) < 0.2
+  flat[pick] = rng.choice(specials, pick.sum())
+  on_mean = rng.random(flat.shape) < 0.1  # x - mean = 0: y = beta, +-0 where beta = 0
+  flat[on_mean] = np.broadcast_to(mean, flat.shape)[on_mean]
+  return x, beta, mean, scale
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(3, 63), (2, 64), (5, 200)])
+def test_eval_and_its_packed_signs_are_numpy_float32_exactly(shape):
+  """Each operation is one correctly rounded float32 operation, in the vector loops as in
+  the scalar tail, so the results are NumPy's bits; the fused sign is their packing."""
+  x, beta, mean, scale = _eval_inputs(shape, 11 + sum(shape))
+  with np.errstate(invalid="ignore"):
+    want = (x - mean) / scale + beta
+  np.testing.assert_array_equal(K.batch_norm_eval(x, beta, mean, scale), want)
+  bits = K.batch_norm_eval_sign(x, beta, mean, scale)
+  assert bits.shape == shape[:-1] + (K.words(shape[-1]),) and bits.dtype == np.uint64
+  np.testing.assert_array_equal(bits, ref.pack_u64(want))
+
+
+def test_eval_sign_argument_errors():
+  x, beta, mean, scale = _eval_inputs((4, 5), 0)
+  with pytest.raises(ValueError, match=r"batch_norm_eval_sign: scale .*\(c,\)"):
+    K.batch_norm_eval_sign(x, beta, mean, scale[:4])
+  with pytest.raises(TypeError, match="batch_norm_eval_sign: x .*float32"):
+    K.batch_norm_eval_sign(x.astype(np.float64), beta, mean, scale)
+  with pytest.raises(ValueError, match="batch_norm_eval_sign: x .*contiguous"):
+    K.batch_norm_eval_sign(x[:, ::2], beta[:3], mean[:3], scale[:3])
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dy_float16", [True, False])
 def test_backward(shape, dy_float16):
