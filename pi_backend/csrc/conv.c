@@ -17,6 +17,9 @@
  * of float im2col values, in which padded taps are plain zeros (see float_conv).
  */
 #include <stdlib.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "internal.h"
 
@@ -162,39 +165,55 @@ static int binary_conv_impl(const uint64_t *xp, const uint64_t *wp, const geom *
 
   if (g->batch == 0) return BNN_OK;
   if (!xp || !wp || (!yi && !yf)) return BNN_ERR_NULL;
-  /* popcount of each weight tap, and the padding-bit check */
-  wpc = (int32_t *)malloc((size_t)(co_n * taps) * sizeof(int32_t));
   patches = (uint64_t *)malloc((size_t)(pb * pw) * sizeof(uint64_t));
   pc = (int32_t *)malloc((size_t)(pb * co_n) * sizeof(int32_t));
   valid = (uint8_t *)malloc((size_t)(pb * taps));
   nvalid = (int64_t *)malloc((size_t)pb * sizeof(int64_t));
-  if (!wpc || !patches || !pc || !valid || !nvalid) {
+  if (!patches || !pc || !valid || !nvalid) {
     err = BNN_ERR_NOMEM;
     goto done;
   }
-  for (co = 0; co < co_n; ++co) {
+  for (co = 0; co < co_n; ++co) {  /* the padding-bit check */
     for (t = 0; t < taps; ++t) {
-      const uint64_t *wt = wp + co * pw + t * wc;
-      uint64_t cnt = 0;
-      if (wt[wc - 1] & pad_bits) {
+      if (wp[co * pw + t * wc + wc - 1] & pad_bits) {
         err = BNN_ERR_PADDING;
         goto done;
       }
-      for (wi = 0; wi < wc; ++wi) cnt += bnn__popcount64(wt[wi]);
-      wpc[co * taps + t] = (int32_t)cnt;
     }
   }
   if ((err = bnn__xplan_init(&plan, wp, co_n, pw, q_total)) != BNN_OK) goto done;
   have_plan = 1;
   for (q0 = 0; q0 < q_total; q0 += pb) {
     const int64_t np = q_total - q0 < pb ? q_total - q0 : pb;
+    int64_t padded = 0;
     for (q = 0; q < np; ++q) {  /* positions q0 .. q0 + np - 1 in (n, oy, ox) order */
       nvalid[q] = build_patch(xp, g, n, oy, ox, patches + q * pw, valid + q * taps);
+      padded += nvalid[q] != taps;
       if (++ox == g->ow) {
         ox = 0;
         if (++oy == g->oh) {
           oy = 0;
           ++n;
+        }
+      }
+    }
+    if (!padded) {  /* y = K - 2 popcount everywhere: the GEMM writes it */
+      bnn__xplan_run(&plan, patches, np, yi ? BNN__OUT_I32 : BNN__OUT_F32, taps * g->c,
+                     yi ? (void *)(yi + q0 * co_n) : (void *)(yf + q0 * co_n), co_n);
+      continue;
+    }
+    if (!wpc) {  /* the popcount of each weight tap, for the padded ones */
+      wpc = (int32_t *)malloc((size_t)(co_n * taps) * sizeof(int32_t));
+      if (!wpc) {
+        err = BNN_ERR_NOMEM;
+        goto done;
+      }
+      for (co = 0; co < co_n; ++co) {
+        for (t = 0; t < taps; ++t) {
+          const uint64_t *wt = wp + co * pw + t * wc;
+          uint64_t cnt = 0;
+          for (wi = 0; wi < wc; ++wi) cnt += bnn__popcount64(wt[wi]);
+          wpc[co * taps + t] = (int32_t)cnt;
         }
       }
     }
@@ -433,6 +452,55 @@ int bnn_conv2d_backward_weight_f32(const float *x, const float *dy, int64_t batc
 
 /* ---- inference: binary conv, per-channel integer threshold, packing, 2x2 pool ------- */
 
+/* Bit c of the word: y[c] >= t[c], c < cn <= 64 (SSE2: four channels a compare). */
+static uint64_t threshold_word(const int32_t *y, const int32_t *t, int64_t cn) {
+  uint64_t word = 0;
+  int64_t c = 0;
+#if defined(__SSE2__)
+  for (; c + 4 <= cn; c += 4) {
+    const __m128i below = _mm_cmplt_epi32(_mm_loadu_si128((const __m128i *)(y + c)),
+                                          _mm_loadu_si128((const __m128i *)(t + c)));
+    word |= (uint64_t)(~_mm_movemask_ps(_mm_castsi128_ps(below)) & 15) << c;
+  }
+#endif
+  for (; c < cn; ++c) word |= (uint64_t)(y[c] >= t[c]) << c;
+  return word;
+}
+
+#if defined(__SSE2__)
+static __m128i max_epi32(__m128i a, __m128i b) { /* SSE2 has no pmaxsd */
+  const __m128i gt = _mm_cmpgt_epi32(a, b);
+  return _mm_or_si128(_mm_and_si128(gt, a), _mm_andnot_si128(gt, b));
+}
+#endif
+
+/* The same for the 2x2 maximum: the window's rows at r0 and r1, its columns c and
+ * c + stride; pooling the bits (an OR) is thresholding the maximum (monotone test). */
+static uint64_t pool_threshold_word(const int32_t *r0, const int32_t *r1, int64_t stride,
+                                    const int32_t *t, int64_t cn) {
+  uint64_t word = 0;
+  int64_t c = 0;
+#if defined(__SSE2__)
+  for (; c + 4 <= cn; c += 4) {
+    const __m128i m = max_epi32(
+        max_epi32(_mm_loadu_si128((const __m128i *)(r0 + c)),
+                  _mm_loadu_si128((const __m128i *)(r0 + stride + c))),
+        max_epi32(_mm_loadu_si128((const __m128i *)(r1 + c)),
+                  _mm_loadu_si128((const __m128i *)(r1 + stride + c))));
+    const __m128i below = _mm_cmplt_epi32(m, _mm_loadu_si128((const __m128i *)(t + c)));
+    word |= (uint64_t)(~_mm_movemask_ps(_mm_castsi128_ps(below)) & 15) << c;
+  }
+#endif
+  for (; c < cn; ++c) {
+    int32_t m = r0[c];
+    if (r0[stride + c] > m) m = r0[stride + c];
+    if (r1[c] > m) m = r1[c];
+    if (r1[stride + c] > m) m = r1[stride + c];
+    word |= (uint64_t)(m >= t[c]) << c;
+  }
+  return word;
+}
+
 int bnn_binary_conv2d_sign(const uint64_t *x_packed, const uint64_t *w_packed,
                            const int32_t *threshold, int64_t batch, int64_t h, int64_t w,
                            int64_t c_in, int64_t c_out, int64_t kh, int64_t kw, int64_t sh,
@@ -440,7 +508,7 @@ int bnn_binary_conv2d_sign(const uint64_t *x_packed, const uint64_t *w_packed,
                            int pool, uint64_t *y) {
   geom g;
   int32_t *acc = NULL;
-  int64_t n, oy, ox, co, wco, oh, ow, q_total, i;
+  int64_t n, oy, ox, wco, oh, ow, q_total, i;
   int err = geom_init(&g, batch, h, w, c_in, c_out, kh, kw, sh, sw, pt, pb, pl, pr);
   if (err != BNN_OK) return err;
   if (pool != 0 && pool != 1) return BNN_ERR_ARG;
@@ -459,28 +527,18 @@ int bnn_binary_conv2d_sign(const uint64_t *x_packed, const uint64_t *w_packed,
     free(acc);
     return err;
   }
-  /* bit = y >= threshold; pooled: the OR over the 2x2 window (max of the y, then the
-     threshold: the same bits, the test being monotone) */
+  /* bit = y >= threshold; pooled: the OR over the 2x2 window, built a word at a time
+   * in a register (a |= into memory per bit is a chain of store-to-load forwards) */
   for (n = 0; n < g.batch; ++n) {
     for (oy = 0; oy < oh; ++oy) {
       for (ox = 0; ox < ow; ++ox) {
         uint64_t *dst = y + ((n * oh + oy) * ow + ox) * wco;
-        for (i = 0; i < wco; ++i) dst[i] = 0;
-        if (!pool) {
-          const int32_t *src = acc + ((n * g.oh + oy) * g.ow + ox) * g.co;
-          for (co = 0; co < g.co; ++co) {
-            dst[co >> 6] |= (uint64_t)(src[co] >= threshold[co]) << (co & 63);
-          }
-        } else {
-          const int32_t *s0 = acc + ((n * g.oh + 2 * oy) * g.ow + 2 * ox) * g.co;
-          const int32_t *s1 = s0 + g.ow * g.co;
-          for (co = 0; co < g.co; ++co) {
-            int32_t m = s0[co];
-            if (s0[g.co + co] > m) m = s0[g.co + co];
-            if (s1[co] > m) m = s1[co];
-            if (s1[g.co + co] > m) m = s1[g.co + co];
-            dst[co >> 6] |= (uint64_t)(m >= threshold[co]) << (co & 63);
-          }
+        for (i = 0; i < wco; ++i) {
+          const int64_t c0 = i * 64, cn = g.co - c0 < 64 ? g.co - c0 : 64;
+          const int32_t *s0 = acc + ((n * g.oh + (pool ? 2 * oy : oy)) * g.ow +
+                                     (pool ? 2 * ox : ox)) * g.co + c0;
+          dst[i] = pool ? pool_threshold_word(s0, s0 + g.ow * g.co, g.co, threshold + c0, cn)
+                        : threshold_word(s0, threshold + c0, cn);
         }
       }
     }

@@ -24,6 +24,10 @@ CASES = [
 # channels (register blocks of 32 / 64 channels and a remainder)
 BIG = len(CASES)
 CASES.append((3, 12, 12, 64, 130, (3, 3), 1, "SAME"))
+# ... and rows wider than a GEMM call's 256 positions: calls with padded taps (corrected
+# per position) and calls without (K - 2 popcount written by the GEMM) in one conv
+WIDE = len(CASES)
+CASES.append((1, 3, 600, 64, 5, (3, 3), 1, "SAME"))
 
 
 def _case(i):
@@ -51,7 +55,7 @@ def test_binary_conv2d(i):
   assert K.conv_output_hw(x.shape[1:3], kernel, strides, padding) == want.shape[1:3]
 
 
-@pytest.mark.parametrize("i", [0, 2, 5, 8, BIG])
+@pytest.mark.parametrize("i", [0, 2, 5, 8, BIG, WIDE])
 def test_binary_conv2d_all_popcount_impls_agree(i):
   x, wt, kernel, strides, padding, pads, st = _case(i)
   xp, wp = K.pack(x), K.pack_conv_weights(wt)
