@@ -106,7 +106,8 @@ class Model:
       if fused is not None:  # binary conv [+ max pool] + batch norm + sign: one C call
         x, i = fused
         continue
-      if isinstance(layer, L.BatchNorm) and isinstance(nxt, L.Sign):
+      if isinstance(layer, L.BatchNorm) and isinstance(nxt, L.Sign) and isinstance(
+          x, np.ndarray):
         x = np.ascontiguousarray(x, np.float32)
         if integer:
           x -= self._thresholds(layer)  # exact: integers below 2**24
