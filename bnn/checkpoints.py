@@ -236,14 +236,16 @@ def config_differences(stored: dict, config: ml_collections.ConfigDict) -> list[
   """The differences in IDENTITY_KEYS between a saved config.json and config (the
   optimizer's defaults resolved on both sides), as lines; an identity key the saved
   file does not have at all (older config files) is not compared."""
+  def under(k, key):
+    return k == key or k.startswith(key + ".")
+
   saved = {k[1:] for k in _flatten("", stored)}
-  keys = [key for key in IDENTITY_KEYS
-          if any(k == key or k.startswith(key + ".") for k in saved)]
+  keys = [key for key in IDENTITY_KEYS if any(under(k, key) for k in saved)]
   current = json.loads(config.to_json_best_effort())
   return [f"{k}: {old!r} in the checkpoint's config, {new!r} in this one"
           for k, (old, new) in _changes(_optimizer_resolved(stored),
                                         _optimizer_resolved(current)).items()
-          if any(k == key or k.startswith(key + ".") for key in keys)]
+          if any(under(k, key) for key in keys)]
 
 
 def check_workdir_config(workdir: Path, config: ml_collections.ConfigDict,

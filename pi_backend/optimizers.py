@@ -43,6 +43,12 @@ def _check(fn: str, name: str, a, dtype, shape) -> None:
     raise ValueError(f"{fn}: {name} is read-only; it is updated in place")
 
 
+def _check_gradient(fn: str, g, shape) -> None:
+  if not isinstance(g, np.ndarray) or g.dtype not in (F16, F32) or g.shape != tuple(shape):
+    got = f"{g.dtype}{list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
+    raise ValueError(f"{fn}: g is {got}; expected float16 or float32{list(shape)}")
+
+
 def _check_count(fn: str, count) -> int:
   if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
     raise ValueError(f"{fn}: count={count!r}; expected the number of this update, >= 1")
@@ -90,9 +96,7 @@ def factored_adam(w: np.ndarray, m: np.ndarray, vrow: np.ndarray, vcol: np.ndarr
   _check(fn, "m", m, F16, shape)
   _check(fn, "vrow", vrow, F32, rows_shape)
   _check(fn, "vcol", vcol, F32, cols_shape)
-  if not isinstance(g, np.ndarray) or g.dtype not in (F16, F32) or g.shape != shape:
-    got = f"{g.dtype}{list(g.shape)}" if isinstance(g, np.ndarray) else type(g).__name__
-    raise ValueError(f"{fn}: g is {got}; expected float16 or float32{list(shape)}")
+  _check_gradient(fn, g, shape)
   t = F32(count - 1)
   b2_ = F32(b2)
   decay = b2_ * (F32(1) - b2_ ** t) / (F32(1) - b2_ ** (t + F32(1)))
@@ -141,8 +145,7 @@ def adam_f32(w: np.ndarray, m: np.ndarray, v: np.ndarray, g: np.ndarray, *, coun
   _check(fn, "w", w, F16, w.shape)
   _check(fn, "m", m, F32, w.shape)
   _check(fn, "v", v, F32, w.shape)
-  if not isinstance(g, np.ndarray) or g.dtype not in (F16, F32) or g.shape != w.shape:
-    raise ValueError(f"{fn}: g must be float16 or float32 of shape {list(w.shape)}")
+  _check_gradient(fn, g, w.shape)
   g = g.astype(F32)
   m[...] = F32(1 - b1) * g + F32(b1) * m
   v[...] = F32(1 - b2) * (g * g) + F32(b2) * v
