@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from bnn.ops import common
@@ -89,39 +90,90 @@ def _bias_corrected_decay(step, b2):
   return b2 * (1 - b2**t) / (1 - b2**(t + 1))
 
 
-def stored_ema(decay: float, dtype) -> optax.GradientTransformation:
-  """optax.ema(decay, debias=True) kept in dtype, whose output is the debiased
-  *stored* (rounded) EMA, as a device that only has the 16-bit buffer computes it.
-  The stored moment is computed once, into memory (common.materialize), and the
-  weight update reads it: XLA updates the moment in place and then the weights in
-  place. Otherwise XLA recomputes the new moment from the old one inside the weight
-  update, and copies the old moment (or the weights) so that the first in-place
-  update does not overwrite what the second reads."""
-  def init(params):
-    return optax.EmaState(count=jnp.zeros([], jnp.int32),
-                          ema=jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), params))
+def factored_axes(shape) -> tuple[int, int] | None:
+  """(d1, d0): the two largest axes, over which the second moment is factored, as
+  optax's factored second moment picks them (ties to the lower axis first), or None
+  below rank 2."""
+  if len(shape) < 2:
+    return None
+  order = np.argsort(shape, kind="stable")
+  return int(order[-2]), int(order[-1])
 
-  def update(updates, state, params=None):
+
+def _without(shape, axis):
+  return tuple(n for i, n in enumerate(shape) if i != axis)
+
+
+def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999,
+                  eps: float = 1e-30) -> optax.GradientTransformation:
+  """Adam's direction m_hat / sqrt(v_hat), v_hat factored over the two largest axes
+  (Adafactor's row and column statistics of g^2 + eps, float32, with the decay that
+  makes them Adam's bias-corrected v_hat), m the EMA of g / sqrt(v_hat) stored in
+  moment_dtype and debiased as read back.
+
+  The state is the one optax.chain(scale_by_factored_rms(decay_rate_fn=that decay,
+  min_dim_size_to_factor=1), ema(b1, debias=True)) keeps, (FactoredState, EmaState),
+  and so is every value (tests/bnn/test_optim.py holds it to that chain); written as
+  one update it is faster. Every kernel's new moment is computed into memory
+  (common.materialize) by one conditional for all kernels, and the weight updates
+  read the stored (rounded) moments, as a device that only has the 16-bit buffers
+  computes them. Computed once, XLA updates the moments in place and then the
+  weights in place; otherwise XLA recomputes the new moment from the old one inside
+  the weight update, and copies the old moment (or the weights) so that the first
+  in-place update does not overwrite what the second reads. One conditional per
+  kernel, as optax's chain with a materialized EMA had it, made the MLP's step 2-3%
+  slower (bench/step_time.py)."""
+  f32 = jnp.float32
+
+  def init(params):
+    def statistics(p):
+      axes = factored_axes(p.shape)
+      if axes is None:
+        return jnp.zeros((1,), f32), jnp.zeros((1,), f32), jnp.zeros(p.shape, f32)
+      d1, d0 = axes
+      return (jnp.zeros(_without(p.shape, d0), f32), jnp.zeros(_without(p.shape, d1), f32),
+              jnp.zeros((1,), f32))
+
+    stats = jax.tree.map(statistics, params)
+    field = lambda i: jax.tree.map(lambda _, s: s[i], params, stats)
+    return (optax.FactoredState(count=jnp.zeros([], jnp.int32), v_row=field(0),
+                                v_col=field(1), v=field(2)),
+            optax.EmaState(count=jnp.zeros([], jnp.int32),
+                           ema=jax.tree.map(lambda p: jnp.zeros(p.shape, moment_dtype), params)))
+
+  def update(grads, state, params=None):
     del params
-    count = optax.safe_increment(state.count)
-    ema = jax.tree.map(lambda g, m: (decay * m.astype(jnp.float32)
-                                     + (1 - decay) * g.astype(jnp.float32)).astype(dtype),
-                       updates, state.ema)
-    ema = jax.tree.map(common.materialize, ema)
-    correction = 1 - decay ** count.astype(jnp.float32)
-    return jax.tree.map(lambda m: m.astype(jnp.float32) / correction, ema), \
-        optax.EmaState(count=count, ema=ema)
+    stats, moments = state
+    decay = _bias_corrected_decay(stats.count, b2)
+
+    def scaled(g, v_row, v_col, v):
+      """g / sqrt(v_hat) and the new statistics."""
+      g = g.astype(f32)
+      g2 = g * g + eps
+      axes = factored_axes(g.shape)
+      if axes is None:
+        v = decay * v + (1 - decay) * g2
+        return g * v**-0.5, v_row, v_col, v
+      d1, d0 = axes
+      v_row = decay * v_row + (1 - decay) * jnp.mean(g2, axis=d0)
+      v_col = decay * v_col + (1 - decay) * jnp.mean(g2, axis=d1)
+      row_factor = (v_row / jnp.mean(v_row, axis=d1 - (d1 > d0), keepdims=True))**-0.5
+      u = g * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(v_col**-0.5, d1)
+      return u, v_row, v_col, v
+
+    out = jax.tree.map(scaled, grads, stats.v_row, stats.v_col, stats.v)
+    field = lambda i: jax.tree.map(lambda _, o: o[i], grads, out)
+    ema = jax.tree.map(lambda u, m: (b1 * m.astype(f32) + (1 - b1) * u).astype(moment_dtype),
+                       field(0), moments.ema)
+    ema = common.materialize(ema)
+    count = optax.safe_increment(moments.count)
+    correction = 1 - b1**count.astype(f32)
+    updates = jax.tree.map(lambda m: m.astype(f32) / correction, ema)
+    return updates, (optax.FactoredState(count=optax.safe_increment(stats.count),
+                                         v_row=field(1), v_col=field(2), v=field(3)),
+                     optax.EmaState(count=count, ema=ema))
 
   return optax.GradientTransformation(init, update)
-
-
-def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
-  """Adam's direction m_hat / sqrt(v_hat), v_hat factored over the two largest axes
-  (kept in float32: two small vectors), m the EMA of g / sqrt(v_hat) in moment_dtype."""
-  second_moment = optax.scale_by_factored_rms(
-      decay_rate=b2, decay_rate_fn=_bias_corrected_decay, min_dim_size_to_factor=1)
-  return optax.chain(low_precision_state(second_moment, jnp.float32),  # c^2 underflows float16
-                     stored_ema(b1, moment_dtype))
 
 
 def after_params(opt_state, params):
@@ -135,7 +187,7 @@ def after_params(opt_state, params):
   forward pass and kept the copies to the end (BinaryNet with float32 weights: 48 MiB
   for its first dense layer). A buffer belongs to the parameter whose path ends its
   own path and whose shape it has; the rest (counts, factored statistics) is left
-  as it is, and so are stored_ema's moments: the weight update reads them from
+  as it is, and so are factored_adam's stored moments: the weight update reads them from
   memory after they are written, which orders the two already, and a tie there would
   make XLA recompute the new weights from the old ones, which it then copies
   (BinaryNet, factored_adam, all 16-bit: 190.8 MiB tied, 174.7 untied)."""
@@ -148,10 +200,10 @@ def after_params(opt_state, params):
         return common.tie(leaf, param)
     return leaf
 
-  is_stored_ema = lambda node: isinstance(node, optax.EmaState)
+  is_stored = lambda node: isinstance(node, optax.EmaState)
   return jax.tree_util.tree_map_with_path(
-      lambda path, node: node if is_stored_ema(node) else tie(path, node), opt_state,
-      is_leaf=is_stored_ema)
+      lambda path, node: node if is_stored(node) else tie(path, node), opt_state,
+      is_leaf=is_stored)
 
 
 def is_binary_kernel(path) -> bool:

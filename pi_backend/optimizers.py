@@ -1,6 +1,6 @@
 """The optimizer of factored_adam bundles, in NumPy with float32 arithmetic, step for step
-as the JAX side computes it (bnn/optim.py factored_adam: optax.scale_by_factored_rms,
-then the float16 first moment of stored_ema; the betas: optax.scale_by_adam in float32).
+as the JAX side computes it (bnn/optim.py factored_adam: optax's factored second moment,
+then a float16 first moment; the betas: optax.scale_by_adam in float32).
 
 A kernel of any rank, t = count - 1 the updates before this one, (d1, d0) the two
 largest axes (pi_backend/graph.py factored_dims):

@@ -102,7 +102,7 @@ def proposed_weight_grad(dw_raw: jax.Array, w: jax.Array, q: GradientQuantizer,
   optimizer that reads it: the weight update and the moment update then read the
   float16 gradient, not dW_raw and the old weights, and the weight update waits for
   the backward pass's last read of W, so XLA updates W in place instead of copying
-  it at the start of the step (MLP, all 16-bit: 3.9 -> 3.0 MiB with stored_ema's
+  it at the start of the step (MLP, all 16-bit: 3.9 -> 3.0 MiB with factored_adam's
   materialized moment; BinaryNet 187.8 -> 174.7 MiB)."""
   dw = jnp.where(jnp.abs(w) <= 1, q(dw_raw), jnp.zeros((), dw_raw.dtype)).astype(jnp.float16)
   if after is not None:
@@ -110,22 +110,29 @@ def proposed_weight_grad(dw_raw: jax.Array, w: jax.Array, q: GradientQuantizer,
   return materialize(dw).astype(w.dtype)
 
 
-def materialize(x: jax.Array) -> jax.Array:
-  """x, computed once into a buffer of its own, which its consumers read.
+def materialize(x):
+  """x (an array or a tree of arrays), computed once into buffers of its own, which
+  its consumers read.
 
   XLA fuses a cheap elementwise producer into every consumer and recomputes it there
   from the producer's inputs, which then stay alive until the last consumer; an
   in-place update of one of those inputs has to wait for it, or XLA copies the
-  input first. A conditional is a boundary that fusion does not cross: its operand
-  is computed into memory. The predicate depends on the data, so XLA cannot remove
+  input first. A conditional is a boundary that fusion does not cross: its operands
+  are computed into memory. The predicate depends on the data, so XLA cannot remove
   it; both branches return x (the NaN branch adds 0, which keeps NaN NaN, only so
   that the branches differ: XLA drops a conditional whose branches are the same).
+  A tree goes through one conditional: each is a few XLA ops (the predicate, the
+  conditional, a copy out of its result), which on a small model's step cost time.
   lax.optimization_barrier would say this directly, but the CPU compiler removes it
   before fusion. For integers the predicate is a constant and XLA removes the
   conditional; what this is for (gradients, moments) is floating point."""
-  if not x.size:
+  leaves, treedef = jax.tree.flatten(x)
+  first = next((leaf for leaf in leaves if leaf.size), None)
+  if first is None:
     return x
-  return jax.lax.cond(jnp.isnan(x.reshape(-1)[0]), lambda v: v + 0, lambda v: v, x)
+  leaves = jax.lax.cond(jnp.isnan(first.reshape(-1)[0]), lambda ls: [v + 0 for v in ls],
+                        lambda ls: list(ls), leaves)
+  return jax.tree.unflatten(treedef, leaves)
 
 
 __all__ = ["METHODS", "binarize_weights_ste", "check_key", "check_method", "check_not_empty",

@@ -130,6 +130,42 @@ def _sign_scaled_grads(shape, steps, seed=0):
   return [c * jnp.sign(jax.random.normal(k, shape)) for k in keys]
 
 
+def _optax_factored_adam(b1=0.9, b2=0.999):
+  """The reference: optax's own transformations, chained (float32 state)."""
+  return optax.chain(
+      optax.scale_by_factored_rms(decay_rate=b2, min_dim_size_to_factor=1,
+                                  decay_rate_fn=lambda t, d: d * (1 - d**t) / (1 - d**(t + 1))),
+      optax.ema(b1, debias=True))
+
+
+def test_factored_adam_is_optax_factored_rms_then_ema():
+  """Same state (structure, shapes, dtypes, values) and updates as optax's chain, on
+  random gradients of every rank it distinguishes: a vector (not factored), a dense
+  kernel, a conv kernel whose two largest axes are not the last two, and a masked
+  multi_transform tree."""
+  keys = iter(jax.random.split(jax.random.key(3), 64))
+  params = {"v": jnp.zeros(7), "dense": {"kernel": jnp.zeros((9, 4))},
+            "conv": {"kernel": jnp.zeros((3, 11, 2, 6))}}
+  ours, ref = optim.factored_adam(jnp.float32), _optax_factored_adam()
+  s_ours, s_ref = ours.init(params), ref.init(params)
+  assert jax.tree.structure(s_ours) == jax.tree.structure(s_ref)
+  for _ in range(6):
+    grads = jax.tree.map(lambda p: 1e-3 * jax.random.normal(next(keys), p.shape), params)
+    u_ours, s_ours = jax.jit(ours.update)(grads, s_ours, params)
+    u_ref, s_ref = jax.jit(ref.update)(grads, s_ref, params)
+    for a, b in zip(jax.tree.leaves((u_ours, s_ours)), jax.tree.leaves((u_ref, s_ref))):
+      assert a.dtype == b.dtype and a.shape == b.shape
+      # float32 rounding (reduction order, fusion); an EMA of terms of both signs
+      # loses relative precision where it nears 0, hence atol on the leaf's scale
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * float(np.abs(b).max()))
+  labels = {"v": "other", "dense": {"kernel": "binary"}, "conv": {"kernel": "binary"}}
+  masked = optax.multi_transform({"binary": optim.factored_adam(jnp.float16),
+                                  "other": optax.scale_by_adam()}, labels)
+  state = masked.init(params)
+  updates, state = jax.jit(masked.update)(grads, state, params)
+  assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates))
+
+
 def test_factored_adam_is_adam_for_constant_magnitude_gradients():
   """sign(dW)/sqrt(N) gradients: the factored second moment is exactly Adam's."""
   w = jax.random.uniform(jax.random.key(1), (6, 9), minval=-1, maxval=1)
@@ -230,7 +266,7 @@ def test_after_params_ties_each_buffer_to_its_own_parameter():
 
 
 def test_after_params_leaves_stored_moments_alone():
-  """factored_adam's stored_ema moments are ordered by the weight update reading
+  """factored_adam's stored moments are ordered by the weight update reading
   them; after_params does not tie them (nor the factored statistics)."""
   config = fashion_mnist_mlp.get_config()
   config.optimizer.name = "factored_adam"

@@ -66,6 +66,19 @@ def test_materialize_is_the_identity_and_survives_compilation(x):
     assert "conditional" in jax.jit(common.materialize).lower(x).compile().as_text()
 
 
+def test_materialize_takes_a_tree_through_one_conditional():
+  tree = {"a": np.array([[np.nan, -0.0], [3.0, -1.0]], np.float32),
+          "b": (np.array([1.0, -np.inf, 5e-8], np.float16), np.zeros((0, 3), np.float32))}
+  out = jax.jit(common.materialize)(tree)
+  assert jax.tree.structure(out) == jax.tree.structure(tree)
+  for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(tree)):
+    got = np.asarray(got)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(f"u{want.itemsize}"), want.view(f"u{want.itemsize}"))
+  hlo = jax.jit(common.materialize).lower(tree).compile().as_text()
+  assert sum(" conditional(" in line for line in hlo.splitlines()) == 1, hlo
+
+
 @pytest.mark.parametrize("first_layer", [False, True])
 def test_proposed_ops_name_an_empty_batch(first_layer):
   cases = [(binary_conv, jnp.zeros((0, 5, 5, 3)), jnp.ones((3, 3, 3, 4))),
