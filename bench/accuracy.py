@@ -3,9 +3,10 @@
     python bench/accuracy.py [--epochs 20] [--workdir workdirs/bench_accuracy] [--variants ...]
 
 Prints a table of test accuracies (final state and best-validation checkpoint) and
-the gap to the standard method, and writes it to docs/accuracy.md. Targets:
-proposed >= 86.5% and within 1.0 point of standard; proposed with its 16-bit
-state within 0.5 point of proposed with float32 state.
+the gap to the standard method, and writes it over the last one in docs/accuracy.md,
+keeping the notes below it (bench/report.py). Targets: proposed >= 86.5% and within
+1.0 point of standard; proposed with its 16-bit state within 0.5 point of proposed
+with float32 state.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pi_backend import argtypes  # noqa: E402
+
+import report  # noqa: E402  (bench/ is the script's directory)
 
 VARIANTS = {  # name -> config overrides, every optimizer setting spelled out, so that a
     # name keeps its meaning in docs/accuracy.md whatever the defaults are
@@ -80,8 +83,7 @@ def main() -> None:
     lines.append(f"| {name} | {100 * acc:.2f}% | {100 * best:.2f}% | {gap} | {r['seconds']:.0f} |")
   table = "\n".join(lines)
   print(table)
-  args.output.parent.mkdir(parents=True, exist_ok=True)
-  args.output.write_text(table + "\n")
+  report.write_table(args.output, table)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ the paper's modelled ratio.
 
     python bench/memory.py [--models mlp cnv ...] [--state-dtype float16]
 
-Writes docs/memory.md (table) and docs/memory.png, and prints the table. The
-ImageNet models are compiled, not run (batch 4096). Target (issue "Training
-memory"): measured ratio >= the paper's on every row.
+Prints the table, writes it over the last one in docs/memory.md (keeping the notes
+below it, bench/report.py) and draws docs/memory.png. The ImageNet models are
+compiled, not run (batch 4096). Target (issue "Training memory"): measured ratio >=
+the paper's on every row.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pi_backend import argtypes  # noqa: E402
+
+import report  # noqa: E402  (bench/ is the script's directory)
 
 ROWS = {  # name -> (config module, batch, paper's modelled saving)
     "mlp": ("fashion_mnist_mlp", 100, 2.78),
@@ -90,8 +93,7 @@ def main() -> None:
                  f"{'yes' if ratio >= r['paper'] else 'no'} |")
   table = "\n".join(lines)
   print(table)
-  args.output.parent.mkdir(parents=True, exist_ok=True)
-  args.output.write_text(table + "\n")
+  report.write_table(args.output, table)
   _plot(rows, args.output.with_suffix(".png"))
 
 

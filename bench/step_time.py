@@ -5,7 +5,8 @@
 
 Compiles both steps, then times them alternately (standard, proposed, standard, ...)
 so that a change in machine load hits both; reports the median of `repeats` steps
-each and the ratio. Writes docs/step_time.md and prints the table. Target (issue
+each and the ratio. Prints the table and writes it over the last one in
+docs/step_time.md, keeping the notes below it (bench/report.py). Target (issue
 "Training memory"): proposed <= 1.15x standard for MLP, CNV and BinaryNet.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pi_backend import argtypes  # noqa: E402
+
+import report  # noqa: E402  (bench/ is the script's directory)
 
 ROWS = {"mlp": "fashion_mnist_mlp", "cnv": "cifar10_cnv", "binarynet": "cifar10_binarynet"}
 TARGET = 1.15
@@ -112,8 +115,7 @@ def main() -> None:
                  f"{'yes' if r['ratio'] <= TARGET else 'no'} |")
   table = "\n".join(lines)
   print(table)
-  args.output.parent.mkdir(parents=True, exist_ok=True)
-  args.output.write_text(table + "\n")
+  report.write_table(args.output, table)
 
 
 if __name__ == "__main__":
