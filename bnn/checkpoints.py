@@ -207,8 +207,8 @@ def _flatten(prefix: str, value) -> dict:
 
 def _changes(stored: dict, current: dict) -> dict[str, tuple]:
   old, new = _flatten("", stored), _flatten("", current)
-  return {k[1:]: (old.get(k, "<absent>"), new.get(k, "<absent>"))
-          for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")}
+  pairs = {k: (old.get(k, "<absent>"), new.get(k, "<absent>")) for k in old.keys() | new.keys()}
+  return {k[1:]: pair for k, pair in sorted(pairs.items()) if pair[0] != pair[1]}
 
 
 def config_changes(stored: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:

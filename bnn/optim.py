@@ -29,10 +29,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from bnn.ops import common
+from pi_backend.graph import factored_dims, factored_shapes
 
 DTYPES = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
 
@@ -90,26 +90,13 @@ def _bias_corrected_decay(step, b2):
   return b2 * (1 - b2**t) / (1 - b2**(t + 1))
 
 
-def factored_axes(shape) -> tuple[int, int] | None:
-  """(d1, d0): the two largest axes, over which the second moment is factored, as
-  optax's factored second moment picks them (ties to the lower axis first), or None
-  below rank 2."""
-  if len(shape) < 2:
-    return None
-  order = np.argsort(shape, kind="stable")
-  return int(order[-2]), int(order[-1])
-
-
-def _without(shape, axis):
-  return tuple(n for i, n in enumerate(shape) if i != axis)
-
-
 def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999,
                   eps: float = 1e-30) -> optax.GradientTransformation:
   """Adam's direction m_hat / sqrt(v_hat), v_hat factored over the two largest axes
-  (Adafactor's row and column statistics of g^2 + eps, float32, with the decay that
-  makes them Adam's bias-corrected v_hat), m the EMA of g / sqrt(v_hat) stored in
-  moment_dtype and debiased as read back.
+  (pi_backend/graph.py factored_dims, as optax picks them; Adafactor's row and column
+  statistics of g^2 + eps, float32, with the decay that makes them Adam's
+  bias-corrected v_hat), m the EMA of g / sqrt(v_hat) stored in moment_dtype and
+  debiased as read back.
 
   The state is the one optax.chain(scale_by_factored_rms(decay_rate_fn=that decay,
   min_dim_size_to_factor=1), ema(b1, debias=True)) keeps, (FactoredState, EmaState),
@@ -126,12 +113,10 @@ def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999,
 
   def init(params):
     def statistics(p):
-      axes = factored_axes(p.shape)
-      if axes is None:
+      if p.ndim < 2:  # not factored: one v per element, as optax keeps it
         return jnp.zeros((1,), f32), jnp.zeros((1,), f32), jnp.zeros(p.shape, f32)
-      d1, d0 = axes
-      return (jnp.zeros(_without(p.shape, d0), f32), jnp.zeros(_without(p.shape, d1), f32),
-              jnp.zeros((1,), f32))
+      rows, cols = factored_shapes(p.shape)
+      return jnp.zeros(rows, f32), jnp.zeros(cols, f32), jnp.zeros((1,), f32)
 
     stats = jax.tree.map(statistics, params)
     field = lambda i: jax.tree.map(lambda _, s: s[i], params, stats)
@@ -149,11 +134,10 @@ def factored_adam(moment_dtype, b1: float = 0.9, b2: float = 0.999,
       """g / sqrt(v_hat) and the new statistics."""
       g = g.astype(f32)
       g2 = g * g + eps
-      axes = factored_axes(g.shape)
-      if axes is None:
+      if g.ndim < 2:
         v = decay * v + (1 - decay) * g2
         return g * v**-0.5, v_row, v_col, v
-      d1, d0 = axes
+      d1, d0 = factored_dims(g.shape)
       v_row = decay * v_row + (1 - decay) * jnp.mean(g2, axis=d0)
       v_col = decay * v_col + (1 - decay) * jnp.mean(g2, axis=d1)
       row_factor = (v_row / jnp.mean(v_row, axis=d1 - (d1 > d0), keepdims=True))**-0.5
