@@ -57,6 +57,28 @@ def test_xnor_gemm_register_blocks_and_long_rows(impl, m, n, k):
   np.testing.assert_array_equal(K.xnor_gemm(K.pack(a), K.pack(b), k, dtype=np.float32), want)
 
 
+@pytest.mark.parametrize("k", [200, 249, 255, 256])
+def test_xnor_gemm_rows_at_the_byte_counters_limit(impl, k):
+  """Rows of 32 bytes (k 249..256) are counted in one pass of byte counters by the SIMD
+  kernels: a byte holds 0..255, so a count of 0 and one of 256 (a row of a equal to a
+  row of b, and its complement) look alike there and are counted again. Whole groups
+  of rows and the rows left over, whole and partial blocks of b, int32 and float32."""
+  rng = np.random.default_rng(k)
+  m, n = 7, 130
+  a, b = _pm1(rng, (m, k)), _pm1(rng, (n, k))
+  b[5], b[70], b[129], b[64] = a[1], -a[4], a[6], -a[0]   # c = 0, k, 0, k
+  want = (a @ b.T).astype(np.int32)
+  assert want[1, 5] == k and want[4, 70] == -k and want[6, 129] == k and want[0, 64] == -k
+  pa, pb = K.pack(a), K.pack(b)
+  np.testing.assert_array_equal(K.xnor_gemm(pa, pb, k), want)
+  np.testing.assert_array_equal(K.xnor_gemm(pa, pb, k, dtype=np.float32), want)
+  ones = np.ones((6, k), np.float32)   # every count 0 (or 256)
+  np.testing.assert_array_equal(K.xnor_gemm(K.pack(ones), K.pack(np.ones((64, k), np.float32)), k),
+                                np.full((6, 64), k))
+  np.testing.assert_array_equal(K.xnor_gemm(K.pack(ones), K.pack(-np.ones((64, k), np.float32)), k),
+                                np.full((6, 64), -k))
+
+
 def test_popcount_impls_match_cpuinfo():
   impls = K.popcount_impls()
   assert impls[0] == "portable" and K.popcount_impl() == impls[-1]  # auto = the fastest
