@@ -1,6 +1,16 @@
 /* The sign activation's straight-through estimator and 2x2 max pooling. */
 #include "internal.h"
 
+/* The AVX2 rows of float_x86.c (the same bits) for the elements up to the last multiple
+ * of 8 (X86_DONE: how many), the loops here doing the rest. */
+#if BNN_HAVE_X86_SIMD
+#define X86_DONE(call) (call)
+static int use_avx2(void) { return bnn__float_level() >= BNN__IMPL_AVX2; }
+#else
+#define X86_DONE(call) 0
+static int use_avx2(void) { return 0; }
+#endif
+
 static int check_rows(int64_t rows, int64_t n) {
   int64_t t;
   int err;
@@ -13,6 +23,7 @@ static int check_rows(int64_t rows, int64_t n) {
 int bnn_sign_ste_forward(const float *x, int64_t rows, int64_t n, float clip, float *y,
                          uint64_t *mask) {
   const int64_t wn = bnn__words(n);
+  const int avx2 = use_avx2();
   int64_t r, j;
   int err = check_rows(rows, n);
   if (err != BNN_OK) return err;
@@ -21,19 +32,18 @@ int bnn_sign_ste_forward(const float *x, int64_t rows, int64_t n, float clip, fl
   memset(mask, 0, (size_t)(rows * wn) * sizeof(uint64_t));
   for (r = 0; r < rows; ++r) {
     const float *xr = x + r * n;
+    float *yr = y ? y + r * n : NULL;
     uint64_t *mr = mask + r * wn;
-    for (j = 0; j < n; j += 64) {  /* a word at a time, built in a register */
-      const int cnt = (int)(n - j < 64 ? n - j : 64);
-      uint64_t word = 0;
-      int b;
-      for (b = 0; b < cnt; ++b) {
-        word |= (uint64_t)(bnn__abs_f32(xr[j + b]) <= clip) << b;  /* NaN: 0 */
-      }
-      mr[j >> 6] = word;
+    const int64_t done = avx2 ? X86_DONE(bnn__x86_ste_forward_row(xr, n, clip, yr, mr)) : 0;
+    j = done;
+    while (j < n) {  /* a word at a time, built in a register */
+      const int64_t j0 = j - j % 64, j1 = n - j0 < 64 ? n : j0 + 64;
+      uint64_t word = mr[j0 >> 6];  /* 0, or the AVX2 rows' bits */
+      for (; j < j1; ++j) word |= (uint64_t)(bnn__abs_f32(xr[j]) <= clip) << (j - j0);  /* NaN: 0 */
+      mr[j0 >> 6] = word;
     }
-    if (y) {
-      float *yr = y + r * n;
-      for (j = 0; j < n; ++j) yr[j] = bnn__sign_f32(xr[j]);
+    if (yr) {
+      for (j = done; j < n; ++j) yr[j] = bnn__sign_f32(xr[j]);
     }
   }
   return BNN_OK;
@@ -42,6 +52,7 @@ int bnn_sign_ste_forward(const float *x, int64_t rows, int64_t n, float clip, fl
 int bnn_sign_ste_backward(const float *dy, const uint64_t *mask, int64_t rows, int64_t n,
                           float *dx) {
   const int64_t wn = bnn__words(n);
+  const int avx2 = use_avx2();
   int64_t r, j;
   int err = check_rows(rows, n);
   if (err != BNN_OK) return err;
@@ -51,16 +62,11 @@ int bnn_sign_ste_backward(const float *dy, const uint64_t *mask, int64_t rows, i
     const float *dr = dy + r * n;
     const uint64_t *mr = mask + r * wn;
     float *xr = dx + r * n;
-    int64_t wi;
-    for (wi = 0; wi < wn; ++wi) {  /* branch-free: the bit pattern of dy, or of +0.0 */
-      const uint64_t bits = mr[wi];
-      const int64_t base = wi * 64, cnt = n - base < 64 ? n - base : 64;
-      for (j = 0; j < cnt; ++j) {
-        uint32_t u;
-        memcpy(&u, dr + base + j, sizeof u);
-        u &= 0u - (uint32_t)((bits >> j) & 1u);
-        memcpy(xr + base + j, &u, sizeof u);
-      }
+    for (j = avx2 ? X86_DONE(bnn__x86_ste_backward_row(dr, mr, n, xr)) : 0; j < n; ++j) {
+      uint32_t u;  /* branch-free: the bit pattern of dy, or of +0.0 */
+      memcpy(&u, dr + j, sizeof u);
+      u &= 0u - (uint32_t)((mr[j >> 6] >> (j & 63)) & 1u);
+      memcpy(xr + j, &u, sizeof u);
     }
   }
   return BNN_OK;

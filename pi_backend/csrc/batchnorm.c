@@ -14,13 +14,19 @@
 #include <arm_neon.h>
 #endif
 
-/* The AVX-512F row kernels (float_x86.c; bit-identical) when the float impl is 4. */
+/* The row kernels of float_x86.c (bit-identical): AVX-512F ones for whole rows at
+ * BNN__IMPL_AVX512; at BNN__IMPL_AVX2, AVX2 ones for the channels up to the last
+ * multiple of 8 (X86_DONE: how many), the loops here doing the rest. */
 #if BNN_HAVE_X86_SIMD
 #define X86_ONLY(call) call
+#define X86_DONE(call) (call)
 static int use_avx512(void) { return bnn__float_level() >= BNN__IMPL_AVX512; }
+static int use_avx2(void) { return bnn__float_level() == BNN__IMPL_AVX2; }
 #else
 #define X86_ONLY(call) ((void)0)
+#define X86_DONE(call) 0
 static int use_avx512(void) { return 0; }
+static int use_avx2(void) { return 0; }
 #endif
 
 static int check_nc(int64_t n, int64_t c) {
@@ -38,8 +44,8 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
                       uint16_t *scale16, uint16_t *m16, float *running_mean,
                       float *running_scale, double momentum) {
   const int64_t wc = bnn__words(c);
-  const int avx512 = use_avx512();
-  int64_t i, j, j0;
+  const int avx512 = use_avx512(), avx2 = use_avx2();
+  int64_t i, j;
   double *acc;
   int err = check_nc(n, c);
   if (err != BNN_OK) return err;
@@ -58,7 +64,9 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
       X86_ONLY(bnn__x86_bn_sum_row(xi, NULL, c, acc));
       continue;
     }
-    for (j = 0; j < c; ++j) acc[j] += xi[j];
+    for (j = avx2 ? X86_DONE(bnn__x86_bn_sum_row8(xi, NULL, c, acc)) : 0; j < c; ++j) {
+      acc[j] += xi[j];
+    }
   }
   for (j = 0; j < c; ++j) mean[j] = (float)(acc[j] / (double)n);
   /* scale = mean|x - mean| + eps */
@@ -69,7 +77,7 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
       X86_ONLY(bnn__x86_bn_sum_row(xi, mean, c, acc));
       continue;
     }
-    for (j = 0; j < c; ++j) {
+    for (j = avx2 ? X86_DONE(bnn__x86_bn_sum_row8(xi, mean, c, acc)) : 0; j < c; ++j) {
       float d = xi[j] - mean[j];
       acc[j] += bnn__abs_f32(d);
     }
@@ -86,10 +94,11 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
       X86_ONLY(bnn__x86_bn_forward_row(xi, mean, scale, beta, c, acc, yi, bits));
       continue;
     }
-    for (j0 = 0; j0 < c; j0 += 64) {  /* a word of sign bits at a time, in a register */
-      const int64_t j1 = c - j0 < 64 ? c : j0 + 64;
-      uint64_t word = 0;
-      for (j = j0; j < j1; ++j) {
+    j = avx2 ? X86_DONE(bnn__x86_bn_forward_row8(xi, mean, scale, beta, c, acc, yi, bits)) : 0;
+    while (j < c) {  /* a word of sign bits at a time, in a register */
+      const int64_t j0 = j - j % 64, j1 = c - j0 < 64 ? c : j0 + 64;
+      uint64_t word = bits[j0 >> 6];  /* 0, or the AVX2 rows' bits */
+      for (; j < j1; ++j) {
         float xh = (xi[j] - mean[j]) / scale[j];
         word |= (uint64_t)(xh >= 0.0f) << (j - j0);
         acc[j] += bnn__abs_f32(xh);
@@ -168,7 +177,7 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
                        const uint16_t *m16, int64_t n, int64_t c, int dy_to_f16, float *dx,
                        float *dbeta) {
   const int64_t wc = bnn__words(c);
-  const int avx512 = use_avx512();
+  const int avx512 = use_avx512(), avx2 = use_avx2();
   int64_t i, j;
   double *acc;
   float *scl, *mg, *k, *row;
@@ -201,7 +210,8 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
       X86_ONLY(bnn__x86_bn_backward_sums(dyi, bits, scl, c, acc));
       continue;
     }
-    for (j = 0; j < c; ++j) {
+    for (j = avx2 ? X86_DONE(bnn__x86_bn_backward_sums8(dyi, bits, scl, c, acc)) : 0; j < c;
+         ++j) {
       float d = dyi[j];
       float g = d / scl[j];
       acc[j] += g;
@@ -226,7 +236,8 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
       X86_ONLY(bnn__x86_bn_backward_dx(dyi, bits, scl, mg, k, c, dxi));
       continue;
     }
-    for (j = 0; j < c; ++j) {
+    for (j = avx2 ? X86_DONE(bnn__x86_bn_backward_dx8(dyi, bits, scl, mg, k, c, dxi)) : 0;
+         j < c; ++j) {
       float d = dyi[j];
       float g = d / scl[j];
       dxi[j] = (g - mg[j]) - bnn__flip_unless(k[j], bnn__get_bit(bits, j));

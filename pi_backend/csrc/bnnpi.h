@@ -58,9 +58,9 @@ const char *bnn_popcount_impl_name_of(int impl);
 const char *bnn_popcount_impl_name(void);
 
 /* Implementation of the float kernels (float x sign GEMMs, float16 conversions, Adam,
- * the float16 rounding of the batch-norm backward). 0 = automatic, 1 = portable C
- * (4-lane vectors: NEON, SSE or plain C), 3 = x86 AVX2 + F16C + FMA, 4 = x86 AVX-512F
- * (+ AVX2, F16C, FMA; also the batch-norm rows); checked at run time. All give
+ * the batch-norm and sign-STE rows). 0 = automatic, 1 = portable C (4-lane vectors:
+ * NEON, SSE or plain C), 3 = x86 AVX2 + F16C + FMA, 4 = x86 AVX-512F (+ AVX2, F16C,
+ * FMA: AVX-512F GEMM blocks and batch-norm rows); checked at run time. All give
  * bit-identical results except bnn_t_matmul (real x^T dy), whose 3 and 4 use FMA (one
  * rounding per multiply-add; x * +-1 is exact, so the sign GEMMs are unaffected).
  * BNN_ERR_ARG when unavailable; process-wide, like bnn_set_popcount_impl. */

@@ -13,8 +13,9 @@
  *   - float16 sign bits (bnn_pack_f16, bnn_pack_f16_transposed) and the sign_scaled
  *     gradient (bnn_sign_scaled_grad) by AVX2 integer compares and bit operations only,
  *     the same bits as the portable loops;
- *   - the L1 batch-norm rows (AVX-512F): the same float32 operations per element and
- *     the same double sums per channel in row order, bit-identical;
+ *   - the sign activation's straight-through estimator rows (AVX2);
+ *   - the L1 batch-norm rows (AVX2, AVX-512F): the same float32 operations per element
+ *     and the same double sums per channel in row order, bit-identical;
  *   - the register blocks of the float GEMM (sgemm.c) with 8-lane (AVX2) or 16-lane
  *     (AVX-512F) vectors and FMA: 4 rows x 16 or 32 columns, summed in the same order
  *     over K as the portable kernel. For the float x sign products x * (+-1) is exact, so
@@ -298,63 +299,215 @@ BN_ATTR void bnn__x86_bn_backward_dx(const float *d, const uint64_t *bits, const
   }
 }
 
+/* ---- the sign activation's straight-through estimator rows (act.c), AVX2 ----------- */
+/* Elements [0, n - n % 8) of a row (returned); act.c does the rest. The same bits as
+ * act.c: mask bit |x| <= clip (0 for NaN), y = +1 where x >= 0 else -1 (NaN: -1), and
+ * dx = dy where the mask bit is set, else +0.0. Mask bits are ORed into their words,
+ * which the caller has cleared. */
+
+__attribute__((target("avx2"))) int64_t bnn__x86_ste_forward_row(const float *x, int64_t n,
+                                                                 float clip, float *y,
+                                                                 uint64_t *mask) {
+  const __m256 vclip = _mm256_set1_ps(clip), one = _mm256_set1_ps(1.0f);
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int64_t j;
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256 v = _mm256_loadu_ps(x + j);
+    const __m256 in = _mm256_cmp_ps(_mm256_and_ps(v, absmask), vclip, _CMP_LE_OQ);
+    mask[j >> 6] |= (uint64_t)(unsigned)_mm256_movemask_ps(in) << (j & 63);
+    if (y) {
+      const __m256 ge = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ);
+      _mm256_storeu_ps(y + j, _mm256_blendv_ps(_mm256_set1_ps(-1.0f), one, ge));
+    }
+  }
+  return j;
+}
+
+__attribute__((target("avx2"))) int64_t bnn__x86_ste_backward_row(const float *dy,
+                                                                  const uint64_t *mask,
+                                                                  int64_t n, float *dx) {
+  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  int64_t j;
+  for (j = 0; j + 8 <= n; j += 8) {
+    const __m256i byte = _mm256_set1_epi32((int)((mask[j >> 6] >> (j & 63)) & 0xffu));
+    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane), lane);
+    _mm256_storeu_ps(dx + j, _mm256_and_ps(_mm256_loadu_ps(dy + j), _mm256_castsi256_ps(set)));
+  }
+  return j;
+}
+
+/* ---- L1 batch norm rows (batchnorm.c), AVX2 ----------------------------------------- */
+/* The same, 8 channels at a time, for channels [0, c - c % 8) (returned); batchnorm.c
+ * does the rest. Sign bits are ORed into their words, which the caller has cleared. */
+
+#define BN2_ATTR __attribute__((target("avx2")))
+
+/* acc[j .. j + 8) += (double)v */
+static inline BN2_ATTR void acc_pd8(double *acc, __m256 v) {
+  _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc),
+                                      _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+  _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4),
+                                          _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+
+static inline BN2_ATTR __m256 abs8(__m256 v) {
+  return _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+}
+
+/* v where bit j + lane of bits is set, -v where not (j a multiple of 8). */
+static inline BN2_ATTR __m256 flip_unless8(__m256 v, const uint64_t *bits, int64_t j) {
+  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i byte = _mm256_set1_epi32((int)((bits[j >> 6] >> (j & 63)) & 0xffu));
+  const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane), lane);
+  return _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_andnot_si256(
+                              set, _mm256_set1_epi32((int)0x80000000u))));
+}
+
+BN2_ATTR int64_t bnn__x86_bn_sum_row8(const float *x, const float *mean, int64_t c,
+                                      double *acc) {
+  int64_t j;
+  for (j = 0; j + 8 <= c; j += 8) {
+    __m256 v = _mm256_loadu_ps(x + j);
+    if (mean) v = abs8(_mm256_sub_ps(v, _mm256_loadu_ps(mean + j)));
+    acc_pd8(acc + j, v);
+  }
+  return j;
+}
+
+BN2_ATTR int64_t bnn__x86_bn_forward_row8(const float *x, const float *mean,
+                                          const float *scale, const float *beta, int64_t c,
+                                          double *acc, float *y, uint64_t *bits) {
+  int64_t j;
+  for (j = 0; j + 8 <= c; j += 8) {
+    const __m256 xh = _mm256_div_ps(
+        _mm256_sub_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(mean + j)),
+        _mm256_loadu_ps(scale + j));
+    const unsigned ge = (unsigned)_mm256_movemask_ps(
+        _mm256_cmp_ps(xh, _mm256_setzero_ps(), _CMP_GE_OQ));
+    bits[j >> 6] |= (uint64_t)ge << (j & 63);
+    acc_pd8(acc + j, abs8(xh));
+    _mm256_storeu_ps(y + j, _mm256_add_ps(xh, _mm256_loadu_ps(beta + j)));
+  }
+  return j;
+}
+
+BN2_ATTR int64_t bnn__x86_bn_backward_sums8(const float *d, const uint64_t *bits,
+                                            const float *scl, int64_t c, double *acc) {
+  int64_t j;
+  for (j = 0; j + 8 <= c; j += 8) {
+    const __m256 dv = _mm256_loadu_ps(d + j);
+    const __m256 g = _mm256_div_ps(dv, _mm256_loadu_ps(scl + j));
+    acc_pd8(acc + j, g);
+    acc_pd8(acc + c + j, flip_unless8(g, bits, j));
+    acc_pd8(acc + 2 * c + j, dv);
+  }
+  return j;
+}
+
+BN2_ATTR int64_t bnn__x86_bn_backward_dx8(const float *d, const uint64_t *bits,
+                                          const float *scl, const float *mg, const float *kk,
+                                          int64_t c, float *dx) {
+  int64_t j;
+  for (j = 0; j + 8 <= c; j += 8) {
+    const __m256 g = _mm256_div_ps(_mm256_loadu_ps(d + j), _mm256_loadu_ps(scl + j));
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(g, _mm256_loadu_ps(mg + j)),
+                                   flip_unless8(_mm256_loadu_ps(kk + j), bits, j));
+    _mm256_storeu_ps(dx + j, r);
+  }
+  return j;
+}
+
 /* ---- float GEMM register blocks ------------------------------------------------- */
 /* C[0..4, 0..NR) (+)= sum over p of A[i][p] * B[p][j], A[i][p] = A[i * si + p * sp]. */
 
-__attribute__((target("avx2,fma"))) static void block_4x16_avx2(
-    int64_t K, const float *A, int64_t si, int64_t sp, const float *B, int64_t ldb, float *C,
-    int64_t ldc, int accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-         c30 = c00, c31 = c00;
-  const float *a0 = A, *a1 = A + si, *a2 = A + 2 * si, *a3 = A + 3 * si;
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8)
+#define SG_UNROLL _Pragma("GCC unroll 8")
+#else
+#define SG_UNROLL
+#endif
+
+/* C[0..R, 0..8 NV) (+)= sum over p of A[r][p] * B[p][j] (A[r][p] = A[r * si + p * sp]),
+ * R <= 6 rows by NV <= 2 vectors of 8 columns, the last vector's columns under `mask`
+ * when `masked` (a last strip narrower than 8: nothing outside the mask is read or
+ * written). Instantiated with constant R, NV, masked below: 6 x 2 holds 12
+ * accumulators, enough to keep both FMA units busy through their latency (4 x 2, with
+ * 8, ran at 65% of OpenBLAS on an AMD Zen 3), and the 2 vectors of B and a broadcast
+ * fit the other 4 of the 16 registers. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void sg_block(
+    const int R, const int NV, const int masked, __m256i mask, int64_t K, const float *A,
+    int64_t si, int64_t sp, const float *B, int64_t ldb, float *C, int64_t ldc,
+    int accumulate) {
+  __m256 acc[6][2];
   int64_t p;
+  int r, v;
+  SG_UNROLL for (r = 0; r < R; ++r) {
+    SG_UNROLL for (v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
+  }
   for (p = 0; p < K; ++p) {
     const float *b = B + p * ldb;
-    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    __m256 a = _mm256_broadcast_ss(a0 + p * sp);
-    c00 = _mm256_fmadd_ps(a, b0, c00);
-    c01 = _mm256_fmadd_ps(a, b1, c01);
-    a = _mm256_broadcast_ss(a1 + p * sp);
-    c10 = _mm256_fmadd_ps(a, b0, c10);
-    c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(a2 + p * sp);
-    c20 = _mm256_fmadd_ps(a, b0, c20);
-    c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(a3 + p * sp);
-    c30 = _mm256_fmadd_ps(a, b0, c30);
-    c31 = _mm256_fmadd_ps(a, b1, c31);
+    __m256 bv[2];
+    SG_UNROLL for (v = 0; v < NV; ++v) {
+      bv[v] = masked && v == NV - 1 ? _mm256_maskload_ps(b + 8 * v, mask)
+                                    : _mm256_loadu_ps(b + 8 * v);
+    }
+    SG_UNROLL for (r = 0; r < R; ++r) {
+      const __m256 av = _mm256_broadcast_ss(A + r * si + p * sp);
+      SG_UNROLL for (v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+    }
   }
-  if (accumulate) {
-    c00 = _mm256_add_ps(c00, _mm256_loadu_ps(C));
-    c01 = _mm256_add_ps(c01, _mm256_loadu_ps(C + 8));
-    c10 = _mm256_add_ps(c10, _mm256_loadu_ps(C + ldc));
-    c11 = _mm256_add_ps(c11, _mm256_loadu_ps(C + ldc + 8));
-    c20 = _mm256_add_ps(c20, _mm256_loadu_ps(C + 2 * ldc));
-    c21 = _mm256_add_ps(c21, _mm256_loadu_ps(C + 2 * ldc + 8));
-    c30 = _mm256_add_ps(c30, _mm256_loadu_ps(C + 3 * ldc));
-    c31 = _mm256_add_ps(c31, _mm256_loadu_ps(C + 3 * ldc + 8));
+  SG_UNROLL for (r = 0; r < R; ++r) {
+    SG_UNROLL for (v = 0; v < NV; ++v) {
+      float *c = C + r * ldc + 8 * v;
+      if (masked && v == NV - 1) {
+        const __m256 x = accumulate ? _mm256_add_ps(acc[r][v], _mm256_maskload_ps(c, mask))
+                                    : acc[r][v];
+        _mm256_maskstore_ps(c, mask, x);
+      } else {
+        _mm256_storeu_ps(c, accumulate ? _mm256_add_ps(acc[r][v], _mm256_loadu_ps(c))
+                                       : acc[r][v]);
+      }
+    }
   }
-  _mm256_storeu_ps(C, c00);
-  _mm256_storeu_ps(C + 8, c01);
-  _mm256_storeu_ps(C + ldc, c10);
-  _mm256_storeu_ps(C + ldc + 8, c11);
-  _mm256_storeu_ps(C + 2 * ldc, c20);
-  _mm256_storeu_ps(C + 2 * ldc + 8, c21);
-  _mm256_storeu_ps(C + 3 * ldc, c30);
-  _mm256_storeu_ps(C + 3 * ldc + 8, c31);
 }
 
-/* One row, 8 columns. */
-__attribute__((target("avx2,fma"))) static void block_1x8_avx2(
-    int64_t K, const float *a, int64_t sp, const float *B, int64_t ldb, float *c,
-    int accumulate) {
-  __m256 acc = _mm256_setzero_ps();
-  int64_t p;
-  for (p = 0; p < K; ++p) {
-    acc = _mm256_fmadd_ps(_mm256_broadcast_ss(a + p * sp), _mm256_loadu_ps(B + p * ldb), acc);
+typedef void (*sg_fn)(__m256i, int64_t, const float *, int64_t, int64_t, const float *,
+                      int64_t, float *, int64_t, int);
+
+#define SG_KERNEL(R, NV, MASKED)                                                          \
+  __attribute__((target("avx2,fma"))) static void sg_##R##_##NV##_##MASKED(             \
+      __m256i mask, int64_t K, const float *A, int64_t si, int64_t sp, const float *B,  \
+      int64_t ldb, float *C, int64_t ldc, int accumulate) {                             \
+    sg_block(R, NV, MASKED, mask, K, A, si, sp, B, ldb, C, ldc, accumulate);            \
   }
-  if (accumulate) acc = _mm256_add_ps(acc, _mm256_loadu_ps(c));
-  _mm256_storeu_ps(c, acc);
+#define SG_KERNELS(R) SG_KERNEL(R, 2, 0) SG_KERNEL(R, 2, 1) SG_KERNEL(R, 1, 0) SG_KERNEL(R, 1, 1)
+SG_KERNELS(1)
+SG_KERNELS(2)
+SG_KERNELS(3)
+SG_KERNELS(4)
+SG_KERNELS(5)
+SG_KERNELS(6)
+#define SG_ROW(R) {sg_##R##_2_0, sg_##R##_2_1, sg_##R##_1_0, sg_##R##_1_1}
+/* [rows - 1][strip]: strips of 16 columns, 9..15, 8, 1..7 */
+static const sg_fn SG_KERNELS_OF[6][4] = {SG_ROW(1), SG_ROW(2), SG_ROW(3),
+                                           SG_ROW(4), SG_ROW(5), SG_ROW(6)};
+
+/* Rows [r0, r1) x columns [c0, c1) of C by the AVX2 blocks: 6 rows at a time, strips of
+ * 16 columns, the last strip narrower (masked when not a multiple of 8). */
+__attribute__((target("avx2,fma"))) static void sg_region(
+    int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t K, const float *A, int64_t si,
+    int64_t sp, const float *B, int64_t ldb, float *C, int64_t ldc, int accumulate) {
+  int64_t i, j;
+  for (i = r0; i < r1; i += 6) {
+    const int rows = r1 - i < 6 ? (int)(r1 - i) : 6;
+    for (j = c0; j < c1; j += 16) {
+      const int cols = c1 - j < 16 ? (int)(c1 - j) : 16, tail = cols % 8;
+      const int strip = cols == 16 ? 0 : cols > 8 ? 1 : cols == 8 ? 2 : 3;
+      const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(tail), lanes);
+      SG_KERNELS_OF[rows - 1][strip](mask, K, A + i * si, si, sp, B + j, ldb,
+                                     C + i * ldc + j, ldc, accumulate);
+    }
+  }
 }
 
 __attribute__((target("avx512f,fma"))) static void block_4x32_avx512(
@@ -400,36 +553,26 @@ __attribute__((target("avx512f,fma"))) static void block_4x32_avx512(
   _mm512_storeu_ps(C + 3 * ldc + 16, c31);
 }
 
-/* Columns [0, nv) of every row of C with the vector blocks, nv = what it covered (a
- * multiple of 8); the caller does columns [nv, N). Each element's sum runs over p in
- * order from 0, as in sgemm.c. */
-int64_t bnn__x86_sgemm(int level, int64_t M, int64_t N, int64_t K, const float *A, int64_t si,
-                       int64_t sp, const float *B, int64_t ldb, float *C, int64_t ldc,
-                       int accumulate) {
-  int64_t i, j, j16 = N - N % 16, j32 = N - N % 32, nv = N - N % 8;
-  for (i = 0; i + 4 <= M; i += 4) {
-    const float *Ai = A + i * si;
-    float *Ci = C + i * ldc;
-    j = 0;
-    if (level >= BNN__IMPL_AVX512) {
-      for (; j < j32; j += 32) {
-        block_4x32_avx512(K, Ai, si, sp, B + j, ldb, Ci + j, ldc, accumulate);
+/* All of C with the vector blocks: at AVX-512 the 4 x 32 blocks where they fit, the
+ * AVX2 blocks elsewhere. Each element's sum runs over p in order from 0, as in sgemm.c. */
+void bnn__x86_sgemm(int level, int64_t M, int64_t N, int64_t K, const float *A, int64_t si,
+                    int64_t sp, const float *B, int64_t ldb, float *C, int64_t ldc,
+                    int accumulate) {
+  int64_t i, j, m4 = 0, j32 = 0;
+  if (level >= BNN__IMPL_AVX512) {
+    m4 = M - M % 4;
+    j32 = N - N % 32;
+    for (i = 0; i < m4 && j32 > 0; i += 4) {
+      for (j = 0; j < j32; j += 32) {
+        block_4x32_avx512(K, A + i * si, si, sp, B + j, ldb, C + i * ldc + j, ldc,
+                          accumulate);
       }
     }
-    for (; j < j16; j += 16) block_4x16_avx2(K, Ai, si, sp, B + j, ldb, Ci + j, ldc, accumulate);
-    for (; j < nv; j += 8) {
-      int ii;
-      for (ii = 0; ii < 4; ++ii) {
-        block_1x8_avx2(K, Ai + ii * si, sp, B + j, ldb, Ci + ii * ldc + j, accumulate);
-      }
-    }
+    if (j32 == 0) m4 = 0;
   }
-  for (; i < M; ++i) {
-    for (j = 0; j < nv; j += 8) {
-      block_1x8_avx2(K, A + i * si, sp, B + j, ldb, C + i * ldc + j, accumulate);
-    }
-  }
-  return nv;
+  /* the rest: columns [j32, N) of rows [0, m4), and every column of rows [m4, M) */
+  if (j32 < N) sg_region(0, m4, j32, N, K, A, si, sp, B, ldb, C, ldc, accumulate);
+  sg_region(m4, M, 0, N, K, A, si, sp, B, ldb, C, ldc, accumulate);
 }
 
 #else

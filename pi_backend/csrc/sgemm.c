@@ -2,7 +2,9 @@
  * The float32 GEMM that the float-times-sign kernels (matmul.c, conv.c) run on, after
  * expanding a panel of signs into floats: C (+)= A . B, all row-major with leading
  * dimensions. Register blocks of 4 rows x 8 columns of C (8 four-lane accumulators)
- * over the whole K; edges in scalar C. Products and sums are rounded separately.
+ * over the whole K; edges in scalar C. Products and sums are rounded separately. On
+ * x86 with AVX2 the whole of C goes to float_x86.c's blocks (6 x 16 with FMA, masked
+ * edges), in the same order over K.
  */
 #include "internal.h"
 #include "simd.h"
@@ -121,14 +123,8 @@ static void sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t si, i
 #if BNN_HAVE_X86_SIMD
   {
     const int level = bnn__float_level();
-    if (level >= BNN__IMPL_AVX2 && N >= 8) {
-      /* the vector blocks did columns [0, nv) of every row; the rest, one row at a time */
-      const int64_t nv = bnn__x86_sgemm(level, M, N, K, A, si, sp, B, ldb, C, ldc, accumulate);
-      if (nv < N) {
-        for (i = 0; i < M; ++i) {
-          row_block(N - nv, K, A + i * si, sp, B + nv, ldb, C + i * ldc + nv, accumulate);
-        }
-      }
+    if (level >= BNN__IMPL_AVX2) { /* every row and column, by the vector blocks */
+      bnn__x86_sgemm(level, M, N, K, A, si, sp, B, ldb, C, ldc, accumulate);
       return;
     }
   }

@@ -1,6 +1,6 @@
 """The float kernel implementations (kernels.set_float_impl: portable 4-lane vectors,
-x86 AVX2 + F16C + FMA, AVX-512F) give bit-identical float16 conversions, Adam and
-float x sign GEMMs (x * +-1 is exact, so FMA changes nothing there), and the real
+x86 AVX2 + F16C + FMA, AVX-512F) give bit-identical float16 conversions, Adam, batch
+norm, sign STE and float x sign GEMMs (x * +-1 is exact, so FMA changes nothing there), and the real
 x^T dy up to float32 rounding (FMA), on odd sizes (not multiples of the vector widths)
 included; and each agrees with NumPy."""
 import contextlib
@@ -146,8 +146,8 @@ def test_t_matmul_x86_blocks_are_used():
                                  (4, 65), (6, 130), (200, 256)])
 @pytest.mark.parametrize("dy_float16", [True, False])
 def test_batch_norm_identical(n, c, dy_float16):
-  """The batch-norm kernels (AVX-512F rows, float16 rounding of dy by F16C) give the
-  portable kernels' bits: forward outputs, statistics, sign bits, backward."""
+  """The batch-norm kernels (AVX2 or AVX-512F rows, float16 rounding of dy by F16C) give
+  the portable kernels' bits: forward outputs, statistics, sign bits, backward."""
   rng = np.random.default_rng(n * 1000 + c)
   x = (rng.standard_normal((n, c)) * 3 + 0.5).astype(np.float32)
   x[0, 0] = 0.0
@@ -210,3 +210,30 @@ def test_sign_scaled_grad_matches_numpy(shape):
   want = quant.weight_gradient(q, dw_strided, w, n_weights=1000)
   assert got.dtype == want.dtype == np.float16
   np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("rows,n", [(1, 1), (2, 7), (3, 8), (2, 9), (4, 63), (3, 64), (2, 65),
+                                    (5, 130), (200, 256)])
+def test_sign_ste_identical(rows, n):
+  """The sign STE (AVX2 rows of 8, the rest in C) gives the portable kernel's bits and
+  NumPy's: NaN, infinities, -0.0 and |x| == clip in every lane position included."""
+  rng = np.random.default_rng(rows * 1000 + n)
+  x = (rng.standard_normal((rows, n)) * 1.5).astype(np.float32)
+  specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0, -1.0], np.float32)
+  x.reshape(-1)[::3] = specials[np.arange(x.size)[::3] % len(specials)]
+  dy = rng.standard_normal((rows, n)).astype(np.float32)
+
+  def run():
+    y, mask = K.sign_ste(x, clip=1.0)
+    return [y, mask, K.sign_ste_backward(dy, mask)]
+
+  (_, want), *rest = _each(run)
+  with np.errstate(invalid="ignore"):
+    inside = np.abs(x) <= 1.0
+  np.testing.assert_array_equal(want[0], np.where(x >= 0, 1, -1).astype(np.float32))
+  np.testing.assert_array_equal(want[1], ref.pack_bool_u64(inside))
+  np.testing.assert_array_equal(want[2].view(np.uint32),
+                                np.where(inside, dy, np.float32(0)).view(np.uint32))
+  for name, got in rest:
+    for g, w in zip(got, want):
+      np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8), err_msg=name)
