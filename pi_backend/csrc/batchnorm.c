@@ -14,19 +14,18 @@
 #include <arm_neon.h>
 #endif
 
-/* The row kernels of float_x86.c (bit-identical): AVX-512F ones for whole rows at
- * BNN__IMPL_AVX512; at BNN__IMPL_AVX2, AVX2 ones for the channels up to the last
- * multiple of 8 (X86_DONE: how many), the loops here doing the rest. */
+/* The row kernels of float_x86.c (bit-identical) at an AVX2 or AVX-512 float level
+ * (x86_level; 0 otherwise): they do the first channels of a row (X86_DONE: how many),
+ * the loops here the rest. */
 #if BNN_HAVE_X86_SIMD
-#define X86_ONLY(call) call
 #define X86_DONE(call) (call)
-static int use_avx512(void) { return bnn__float_level() >= BNN__IMPL_AVX512; }
-static int use_avx2(void) { return bnn__float_level() == BNN__IMPL_AVX2; }
+static int x86_level(void) {
+  const int level = bnn__float_level();
+  return level >= BNN__IMPL_AVX2 ? level : 0;
+}
 #else
-#define X86_ONLY(call) ((void)0)
 #define X86_DONE(call) 0
-static int use_avx512(void) { return 0; }
-static int use_avx2(void) { return 0; }
+static int x86_level(void) { return 0; }
 #endif
 
 static int check_nc(int64_t n, int64_t c) {
@@ -44,7 +43,7 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
                       uint16_t *scale16, uint16_t *m16, float *running_mean,
                       float *running_scale, double momentum) {
   const int64_t wc = bnn__words(c);
-  const int avx512 = use_avx512(), avx2 = use_avx2();
+  const int x86 = x86_level();
   int64_t i, j;
   double *acc;
   int err = check_nc(n, c);
@@ -60,11 +59,7 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
   /* mean */
   for (i = 0; i < n; ++i) {
     const float *xi = x + i * c;
-    if (avx512) {
-      X86_ONLY(bnn__x86_bn_sum_row(xi, NULL, c, acc));
-      continue;
-    }
-    for (j = avx2 ? X86_DONE(bnn__x86_bn_sum_row8(xi, NULL, c, acc)) : 0; j < c; ++j) {
+    for (j = x86 ? X86_DONE(bnn__x86_bn_sum_row(x86, xi, NULL, c, acc)) : 0; j < c; ++j) {
       acc[j] += xi[j];
     }
   }
@@ -73,11 +68,7 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
   memset(acc, 0, (size_t)c * sizeof(double));
   for (i = 0; i < n; ++i) {
     const float *xi = x + i * c;
-    if (avx512) {
-      X86_ONLY(bnn__x86_bn_sum_row(xi, mean, c, acc));
-      continue;
-    }
-    for (j = avx2 ? X86_DONE(bnn__x86_bn_sum_row8(xi, mean, c, acc)) : 0; j < c; ++j) {
+    for (j = x86 ? X86_DONE(bnn__x86_bn_sum_row(x86, xi, mean, c, acc)) : 0; j < c; ++j) {
       float d = xi[j] - mean[j];
       acc[j] += bnn__abs_f32(d);
     }
@@ -90,14 +81,11 @@ int bnn_bn_l1_forward(const float *x, const float *beta, int64_t n, int64_t c, f
     const float *xi = x + i * c;
     float *yi = y + i * c;
     uint64_t *bits = sign_bits + i * wc;
-    if (avx512) {
-      X86_ONLY(bnn__x86_bn_forward_row(xi, mean, scale, beta, c, acc, yi, bits));
-      continue;
-    }
-    j = avx2 ? X86_DONE(bnn__x86_bn_forward_row8(xi, mean, scale, beta, c, acc, yi, bits)) : 0;
+    j = x86 ? X86_DONE(bnn__x86_bn_forward_row(x86, xi, mean, scale, beta, c, acc, yi, bits))
+            : 0;
     while (j < c) {  /* a word of sign bits at a time, in a register */
       const int64_t j0 = j - j % 64, j1 = c - j0 < 64 ? c : j0 + 64;
-      uint64_t word = bits[j0 >> 6];  /* 0, or the AVX2 rows' bits */
+      uint64_t word = bits[j0 >> 6];  /* 0, or the vector rows' bits */
       for (; j < j1; ++j) {
         float xh = (xi[j] - mean[j]) / scale[j];
         word |= (uint64_t)(xh >= 0.0f) << (j - j0);
@@ -177,7 +165,7 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
                        const uint16_t *m16, int64_t n, int64_t c, int dy_to_f16, float *dx,
                        float *dbeta) {
   const int64_t wc = bnn__words(c);
-  const int avx512 = use_avx512(), avx2 = use_avx2();
+  const int x86 = x86_level();
   int64_t i, j;
   double *acc;
   float *scl, *mg, *k, *row;
@@ -206,12 +194,8 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
       bnn__round_f16_buf(dyi, c, row, row16);
       dyi = row;
     }
-    if (avx512) {
-      X86_ONLY(bnn__x86_bn_backward_sums(dyi, bits, scl, c, acc));
-      continue;
-    }
-    for (j = avx2 ? X86_DONE(bnn__x86_bn_backward_sums8(dyi, bits, scl, c, acc)) : 0; j < c;
-         ++j) {
+    for (j = x86 ? X86_DONE(bnn__x86_bn_backward_sums(x86, dyi, bits, scl, c, acc)) : 0;
+         j < c; ++j) {
       float d = dyi[j];
       float g = d / scl[j];
       acc[j] += g;
@@ -232,11 +216,7 @@ int bnn_bn_l1_backward(const float *dy, const uint64_t *sign_bits, const uint16_
       bnn__round_f16_buf(dyi, c, row, row16);
       dyi = row;
     }
-    if (avx512) {
-      X86_ONLY(bnn__x86_bn_backward_dx(dyi, bits, scl, mg, k, c, dxi));
-      continue;
-    }
-    for (j = avx2 ? X86_DONE(bnn__x86_bn_backward_dx8(dyi, bits, scl, mg, k, c, dxi)) : 0;
+    for (j = x86 ? X86_DONE(bnn__x86_bn_backward_dx(x86, dyi, bits, scl, mg, k, c, dxi)) : 0;
          j < c; ++j) {
       float d = dyi[j];
       float g = d / scl[j];

@@ -235,7 +235,7 @@ static inline BN_ATTR __m512 flip_unless(__m512 v, __mmask16 k) {
 }
 
 /* acc[j] += x[j] (mean == NULL) or |x[j] - mean[j]|, j < c. */
-BN_ATTR void bnn__x86_bn_sum_row(const float *x, const float *mean, int64_t c, double *acc) {
+static BN_ATTR void bn512_sum_row(const float *x, const float *mean, int64_t c, double *acc) {
   int64_t j;
   for (j = 0; j < c; j += 16) {
     const __mmask16 k = tail16(c - j);
@@ -247,9 +247,9 @@ BN_ATTR void bnn__x86_bn_sum_row(const float *x, const float *mean, int64_t c, d
 
 /* x_hat = (x - mean) / scale; its sign bits into bits (whole words written); acc += |x_hat|;
  * y = x_hat + beta. */
-BN_ATTR void bnn__x86_bn_forward_row(const float *x, const float *mean, const float *scale,
-                                     const float *beta, int64_t c, double *acc, float *y,
-                                     uint64_t *bits) {
+static BN_ATTR void bn512_forward_row(const float *x, const float *mean, const float *scale,
+                                      const float *beta, int64_t c, double *acc, float *y,
+                                      uint64_t *bits) {
   int64_t j0, j;
   for (j0 = 0; j0 < c; j0 += 64) {
     uint64_t word = 0;
@@ -272,8 +272,8 @@ static inline BN_ATTR __mmask16 bits16(const uint64_t *bits, int64_t j) {
 }
 
 /* Backward sums: g = d / scl; acc[j] += g, acc[c + j] += (bit ? g : -g), acc[2c + j] += d. */
-BN_ATTR void bnn__x86_bn_backward_sums(const float *d, const uint64_t *bits, const float *scl,
-                                       int64_t c, double *acc) {
+static BN_ATTR void bn512_backward_sums(const float *d, const uint64_t *bits, const float *scl,
+                                        int64_t c, double *acc) {
   int64_t j;
   for (j = 0; j < c; j += 16) {
     const __mmask16 k = tail16(c - j);
@@ -286,8 +286,8 @@ BN_ATTR void bnn__x86_bn_backward_sums(const float *d, const uint64_t *bits, con
 }
 
 /* dx = (d / scl - mg) - (bit ? kk : -kk). */
-BN_ATTR void bnn__x86_bn_backward_dx(const float *d, const uint64_t *bits, const float *scl,
-                                     const float *mg, const float *kk, int64_t c, float *dx) {
+static BN_ATTR void bn512_backward_dx(const float *d, const uint64_t *bits, const float *scl,
+                                      const float *mg, const float *kk, int64_t c, float *dx) {
   int64_t j;
   for (j = 0; j < c; j += 16) {
     const __mmask16 k = tail16(c - j);
@@ -338,7 +338,8 @@ __attribute__((target("avx2"))) int64_t bnn__x86_ste_backward_row(const float *d
 
 /* ---- L1 batch norm rows (batchnorm.c), AVX2 ----------------------------------------- */
 /* The same, 8 channels at a time, for channels [0, c - c % 8) (returned); batchnorm.c
- * does the rest. Sign bits are ORed into their words, which the caller has cleared. */
+ * does the rest. Sign bits are ORed into their words, which the caller has cleared.
+ * Both sets are called through the bnn__x86_bn_* rows below. */
 
 #define BN2_ATTR __attribute__((target("avx2")))
 
@@ -363,8 +364,8 @@ static inline BN2_ATTR __m256 flip_unless8(__m256 v, const uint64_t *bits, int64
                               set, _mm256_set1_epi32((int)0x80000000u))));
 }
 
-BN2_ATTR int64_t bnn__x86_bn_sum_row8(const float *x, const float *mean, int64_t c,
-                                      double *acc) {
+static BN2_ATTR int64_t bn8_sum_row(const float *x, const float *mean, int64_t c,
+                                    double *acc) {
   int64_t j;
   for (j = 0; j + 8 <= c; j += 8) {
     __m256 v = _mm256_loadu_ps(x + j);
@@ -374,9 +375,9 @@ BN2_ATTR int64_t bnn__x86_bn_sum_row8(const float *x, const float *mean, int64_t
   return j;
 }
 
-BN2_ATTR int64_t bnn__x86_bn_forward_row8(const float *x, const float *mean,
-                                          const float *scale, const float *beta, int64_t c,
-                                          double *acc, float *y, uint64_t *bits) {
+static BN2_ATTR int64_t bn8_forward_row(const float *x, const float *mean,
+                                        const float *scale, const float *beta, int64_t c,
+                                        double *acc, float *y, uint64_t *bits) {
   int64_t j;
   for (j = 0; j + 8 <= c; j += 8) {
     const __m256 xh = _mm256_div_ps(
@@ -391,8 +392,8 @@ BN2_ATTR int64_t bnn__x86_bn_forward_row8(const float *x, const float *mean,
   return j;
 }
 
-BN2_ATTR int64_t bnn__x86_bn_backward_sums8(const float *d, const uint64_t *bits,
-                                            const float *scl, int64_t c, double *acc) {
+static BN2_ATTR int64_t bn8_backward_sums(const float *d, const uint64_t *bits,
+                                          const float *scl, int64_t c, double *acc) {
   int64_t j;
   for (j = 0; j + 8 <= c; j += 8) {
     const __m256 dv = _mm256_loadu_ps(d + j);
@@ -404,9 +405,9 @@ BN2_ATTR int64_t bnn__x86_bn_backward_sums8(const float *d, const uint64_t *bits
   return j;
 }
 
-BN2_ATTR int64_t bnn__x86_bn_backward_dx8(const float *d, const uint64_t *bits,
-                                          const float *scl, const float *mg, const float *kk,
-                                          int64_t c, float *dx) {
+static BN2_ATTR int64_t bn8_backward_dx(const float *d, const uint64_t *bits,
+                                        const float *scl, const float *mg, const float *kk,
+                                        int64_t c, float *dx) {
   int64_t j;
   for (j = 0; j + 8 <= c; j += 8) {
     const __m256 g = _mm256_div_ps(_mm256_loadu_ps(d + j), _mm256_loadu_ps(scl + j));
@@ -415,6 +416,38 @@ BN2_ATTR int64_t bnn__x86_bn_backward_dx8(const float *d, const uint64_t *bits,
     _mm256_storeu_ps(dx + j, r);
   }
   return j;
+}
+
+/* The batch-norm rows at `level` (BNN__IMPL_AVX2 or BNN__IMPL_AVX512): channels
+ * [0, returned) done, all of them with AVX-512F, up to the last multiple of 8 with AVX2. */
+int64_t bnn__x86_bn_sum_row(int level, const float *x, const float *mean, int64_t c,
+                            double *acc) {
+  if (level < BNN__IMPL_AVX512) return bn8_sum_row(x, mean, c, acc);
+  bn512_sum_row(x, mean, c, acc);
+  return c;
+}
+
+int64_t bnn__x86_bn_forward_row(int level, const float *x, const float *mean,
+                                const float *scale, const float *beta, int64_t c,
+                                double *acc, float *y, uint64_t *bits) {
+  if (level < BNN__IMPL_AVX512) return bn8_forward_row(x, mean, scale, beta, c, acc, y, bits);
+  bn512_forward_row(x, mean, scale, beta, c, acc, y, bits);
+  return c;
+}
+
+int64_t bnn__x86_bn_backward_sums(int level, const float *d, const uint64_t *bits,
+                                  const float *scl, int64_t c, double *acc) {
+  if (level < BNN__IMPL_AVX512) return bn8_backward_sums(d, bits, scl, c, acc);
+  bn512_backward_sums(d, bits, scl, c, acc);
+  return c;
+}
+
+int64_t bnn__x86_bn_backward_dx(int level, const float *d, const uint64_t *bits,
+                                const float *scl, const float *mg, const float *kk,
+                                int64_t c, float *dx) {
+  if (level < BNN__IMPL_AVX512) return bn8_backward_dx(d, bits, scl, mg, kk, c, dx);
+  bn512_backward_dx(d, bits, scl, mg, kk, c, dx);
+  return c;
 }
 
 /* ---- float GEMM register blocks ------------------------------------------------- */

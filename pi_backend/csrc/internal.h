@@ -174,28 +174,22 @@ void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out);
 uint64_t bnn__x86_f16_word64(const uint16_t *row); /* AVX2 */
 int64_t bnn__x86_sign_scaled(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,
                              uint16_t *out);
-/* batch-norm rows, AVX-512F (call at BNN__IMPL_AVX512) */
-void bnn__x86_bn_sum_row(const float *x, const float *mean, int64_t c, double *acc);
-void bnn__x86_bn_forward_row(const float *x, const float *mean, const float *scale,
-                             const float *beta, int64_t c, double *acc, float *y,
-                             uint64_t *bits);
-void bnn__x86_bn_backward_sums(const float *d, const uint64_t *bits, const float *scl,
-                               int64_t c, double *acc);
-void bnn__x86_bn_backward_dx(const float *d, const uint64_t *bits, const float *scl,
-                             const float *mg, const float *kk, int64_t c, float *dx);
+/* batch-norm rows at level BNN__IMPL_AVX2 or BNN__IMPL_AVX512: channels [0, returned)
+ * (all with AVX-512F, up to the last multiple of 8 with AVX2) */
+int64_t bnn__x86_bn_sum_row(int level, const float *x, const float *mean, int64_t c,
+                            double *acc);
+int64_t bnn__x86_bn_forward_row(int level, const float *x, const float *mean,
+                                const float *scale, const float *beta, int64_t c,
+                                double *acc, float *y, uint64_t *bits);
+int64_t bnn__x86_bn_backward_sums(int level, const float *d, const uint64_t *bits,
+                                  const float *scl, int64_t c, double *acc);
+int64_t bnn__x86_bn_backward_dx(int level, const float *d, const uint64_t *bits,
+                                const float *scl, const float *mg, const float *kk,
+                                int64_t c, float *dx);
 /* sign STE rows (act.c), AVX2: elements [0, n - n % 8), returned */
 int64_t bnn__x86_ste_forward_row(const float *x, int64_t n, float clip, float *y,
                                  uint64_t *mask);
 int64_t bnn__x86_ste_backward_row(const float *dy, const uint64_t *mask, int64_t n, float *dx);
-/* the same rows with AVX2 (call at BNN__IMPL_AVX2): channels [0, c - c % 8), returned */
-int64_t bnn__x86_bn_sum_row8(const float *x, const float *mean, int64_t c, double *acc);
-int64_t bnn__x86_bn_forward_row8(const float *x, const float *mean, const float *scale,
-                                 const float *beta, int64_t c, double *acc, float *y,
-                                 uint64_t *bits);
-int64_t bnn__x86_bn_backward_sums8(const float *d, const uint64_t *bits, const float *scl,
-                                   int64_t c, double *acc);
-int64_t bnn__x86_bn_backward_dx8(const float *d, const uint64_t *bits, const float *scl,
-                                 const float *mg, const float *kk, int64_t c, float *dx);
 /* sgemm.c's C (+)= A . B, all of it, at AVX2 or AVX-512 (float_x86.c) */
 void bnn__x86_sgemm(int level, int64_t M, int64_t N, int64_t K, const float *A, int64_t si,
                     int64_t sp, const float *B, int64_t ldb, float *C, int64_t ldc,
