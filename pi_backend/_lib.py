@@ -229,6 +229,7 @@ _SIGNATURES = {
     "bnn_adam_f16_g16": (_INT, [_P, _P, _P, _P, _I, _I, _F, _F, _F, _F]),
     "bnn_factored_adam_f16": (_INT, [_P, _P, _P, _I, _I, _I, _P, ctypes.c_int, _P,
                                      ctypes.c_int, _F, _F, _F, _F]),
+    "bnn_factored_square_sums": (_INT, [_P, _P, _I, _I, _I, _P, _P]),
 }
 
 

@@ -86,19 +86,36 @@ def _overlap(p: int, p_bytes: int, q: int, q_bytes: int) -> bool:
   return bool(p_bytes and q_bytes) and p < q + q_bytes and q < p + p_bytes
 
 
-def _out(fn: str, out, shape, dtype, inputs: dict, name: str = "out") -> tuple:
-  """-> (out, addresses): a fresh output array or the checked ``out`` argument, and the
-  data addresses of the inputs (in the dict's order; None for an absent one) then of
-  out, for the C call. The inputs must have been checked C-contiguous (``_array``);
-  the overlap check uses the addresses the call needs anyway. Written for speed (a
-  small GEMM's call notices each 0.1 us): one loop, no helper calls but _ptr."""
-  ptrs = []
+def _out(fn: str, out, shape, dtype, names: tuple, *inputs: np.ndarray) -> tuple:
+  """-> (out, the data addresses of the inputs, that of out): a fresh output array or
+  the checked ``out`` argument, and the addresses for the C call. The inputs (``names``
+  in errors) must have been checked C-contiguous (``_array``); the overlap check uses
+  the addresses the call needs anyway. Written for speed: a small GEMM's call notices
+  each 0.1 us, and a loop over the inputs costs 1 us of a 35 us 200 x 256 . 256 x 256
+  product, so two inputs (every GEMM and conv) take a path without one."""
   if out is None:
     out = np.empty(shape, dtype)
-    for a in inputs.values():
-      ptrs.append(_ptr(a))
-    ptrs.append(_ptr(out))
-    return out, ptrs
+    return (out, *map(_ptr, inputs), _ptr(out))
+  if not (type(out) is np.ndarray and out.dtype == dtype and out.shape == shape
+          and (flags := out.flags).c_contiguous and flags.aligned and flags.writeable):
+    _array(fn, "out", out, dtype, tuple(shape), writable=True)  # raises, naming the fault
+  if len(inputs) == 2:
+    a, b = inputs
+    try:  # _ptr, inline; it fails for a read-only or an empty array
+      p_a, p_b, p = (_ADDRESSOF(_FROM_BUFFER(a)), _ADDRESSOF(_FROM_BUFFER(b)),
+                     _ADDRESSOF(_FROM_BUFFER(out)))
+    except (TypeError, ValueError, BufferError):
+      pass
+    else:  # a test implied by any overlap (_overlap's without the empty cases)
+      end = p + out.nbytes
+      if not ((p_a < end and p < p_a + a.nbytes) or (p_b < end and p < p_b + b.nbytes)):
+        return out, p_a, p_b, p
+  p, ptrs = _ptr(out), [_ptr(a) for a in inputs]
+  for name, a, q in zip(names, inputs, ptrs):
+    if _overlap(p, out.nbytes, q, a.nbytes):
+      raise ValueError(f"{fn}: out overlaps the input {name}; expected a separate output "
+                       f"array")
+  return (out, *ptrs, p)
   flags = getattr(out, "flags", None)  # one flags object: each costs 0.1 us
   if not (type(out) is np.ndarray and out.dtype == dtype and out.shape == shape
           and flags.c_contiguous and flags.aligned and flags.writeable):
@@ -283,7 +300,7 @@ def pack(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
   """x float32 (..., n) -> uint64 (..., words(n)), bit = x >= 0."""
   _array("pack", "x", x, F32, min_ndim=1, what="(..., n)")
   n = x.shape[-1]
-  out, (p_x, p_out) = _out("pack", out, x.shape[:-1] + (words(n),), U64, {"x": x})
+  out, p_x, p_out = _out("pack", out, x.shape[:-1] + (words(n),), U64, ("x",), x)
   _call("pack", "bnn_pack", p_x, _rows(x), n, p_out)
   return out
 
@@ -304,8 +321,8 @@ def unpack(packed: np.ndarray, n: int, *, out: np.ndarray | None = None) -> np.n
   if packed.shape[-1] != words(n):
     raise ValueError(f"unpack: packed has shape {packed.shape}; a last axis of n={n} "
                      f"elements packs into words(n)={words(n)} words")
-  out, (p_packed, p_out) = _out("unpack", out, packed.shape[:-1] + (n,), F32,
-                                {"packed": packed})
+  out, p_packed, p_out = _out("unpack", out, packed.shape[:-1] + (n,), F32, ("packed",),
+                              packed)
   _call("unpack", "bnn_unpack", p_packed, _rows(packed), n, p_out)
   return out
 
@@ -387,24 +404,31 @@ def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, *, dtype=np.int32,
   y (m, n) = a . b^T = k - 2 popcount(a XOR b), int32 or float32. For a dense layer,
   b = pack_transposed(W)."""
   fn = "xnor_gemm"
-  k = _int(fn, "k", k, 0, 2**31 - 1)
-  try:
-    dtype = _GEMM_DTYPES.get(dtype) or np.dtype(dtype)  # the lookup saves np.dtype's 0.4 us
-  except TypeError:
-    raise TypeError(f"{fn}: dtype={dtype!r}; expected int32 or float32") from None
-  if dtype not in (I32, F32):
-    raise TypeError(f"{fn}: dtype={dtype}; expected int32 or float32")
+  # the common cases inline, as _int, the dtype check and _array would do them (a
+  # 200 x 256 . 256 x 256 product takes 35 us, of which these calls took 0.4)
+  if not (type(k) is int and 0 <= k < 2**31):
+    k = _int(fn, "k", k, 0, 2**31 - 1)
+  out_dtype = _GEMM_DTYPES.get(dtype)  # the lookup saves np.dtype's 0.4 us
+  if out_dtype is None:
+    try:
+      out_dtype = np.dtype(dtype)
+    except TypeError:
+      raise TypeError(f"{fn}: dtype={dtype!r}; expected int32 or float32") from None
+    if out_dtype not in (I32, F32):
+      raise TypeError(f"{fn}: dtype={out_dtype}; expected int32 or float32")
+    out_dtype = I32 if out_dtype == I32 else F32  # one of the two objects `is` tells apart
   wk = -(-k // 64)
-  # the same checks as _array, inline for arrays that pass them (per-call cost)
   if not (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == U64
-          and b.dtype == U64 and a.ndim == 2 and b.ndim == 2 and _c_aligned(a)
-          and _c_aligned(b) and a.shape[1] == wk and b.shape[1] == wk):
+          and b.dtype == U64 and a.ndim == 2 and b.ndim == 2
+          and (a_flags := a.flags).c_contiguous and a_flags.aligned
+          and (b_flags := b.flags).c_contiguous and b_flags.aligned
+          and a.shape[1] == wk and b.shape[1] == wk):
     _array(fn, "a", a, U64, (None, wk), what=f"(m, words(k)) with k={k}")
     _array(fn, "b", b, U64, (None, wk), what=f"(n, words(k)) with k={k}")
   m, n = a.shape[0], b.shape[0]
-  out, (p_a, p_b, p_out) = _out(fn, out, (m, n), dtype, {"a": a, "b": b})
-  _call(fn, "bnn_xnor_gemm_i32" if dtype == I32 else "bnn_xnor_gemm_f32", p_a, p_b, m, n, k,
-        p_out)
+  out, p_a, p_b, p_out = _out(fn, out, (m, n), out_dtype, ("a", "b"), a, b)
+  _call(fn, "bnn_xnor_gemm_i32" if out_dtype is I32 else "bnn_xnor_gemm_f32", p_a, p_b, m,
+        n, k, p_out)
   return out
 
 
@@ -414,7 +438,7 @@ def sign_matmul(x: np.ndarray, w: np.ndarray, *, out: np.ndarray | None = None) 
   _array(fn, "x", x, F32, (None, None), what="(m, k)")
   _array(fn, "w", w, F32, (x.shape[1], None), what="(k, n) with k = x.shape[1]")
   (m, k), n = x.shape, w.shape[1]
-  out, (p_x, p_w, p_out) = _out(fn, out, (m, n), F32, {"x": x, "w": w})
+  out, p_x, p_w, p_out = _out(fn, out, (m, n), F32, ("x", "w"), x, w)
   _call(fn, "bnn_sign_matmul", p_x, p_w, m, k, n, p_out)
   return out
 
@@ -428,7 +452,7 @@ def sign_matmul_packed(x: np.ndarray, w_packed: np.ndarray, n: int, *,
   _array(fn, "w_packed", w_packed, U64, (x.shape[1], words(n)),
          what=f"(k, words(n)) with k = x.shape[1], n={n}")
   m, k = x.shape
-  out, (p_x, p_w_packed, p_out) = _out(fn, out, (m, n), F32, {"x": x, "w_packed": w_packed})
+  out, p_x, p_w_packed, p_out = _out(fn, out, (m, n), F32, ("x", "w_packed"), x, w_packed)
   _call(fn, "bnn_sign_matmul_packed", p_x, p_w_packed, m, k, n, p_out)
   return out
 
@@ -439,7 +463,7 @@ def matmul_sign_t(dy: np.ndarray, w: np.ndarray, *, out: np.ndarray | None = Non
   _array(fn, "dy", dy, F32, (None, None), what="(m, n)")
   _array(fn, "w", w, F32, (None, dy.shape[1]), what="(k, n) with n = dy.shape[1]")
   (m, n), k = dy.shape, w.shape[0]
-  out, (p_dy, p_w, p_out) = _out(fn, out, (m, k), F32, {"dy": dy, "w": w})
+  out, p_dy, p_w, p_out = _out(fn, out, (m, k), F32, ("dy", "w"), dy, w)
   _call(fn, "bnn_matmul_sign_t", p_dy, p_w, m, k, n, p_out)
   return out
 
@@ -453,7 +477,7 @@ def matmul_sign_t_packed(dy: np.ndarray, w_packed: np.ndarray, *,
   _array(fn, "w_packed", w_packed, U64, (None, words(n)),
          what=f"(k, words(n)) with n = dy.shape[1] = {n}")
   k = w_packed.shape[0]
-  out, (p_dy, p_w_packed, p_out) = _out(fn, out, (m, k), F32, {"dy": dy, "w_packed": w_packed})
+  out, p_dy, p_w_packed, p_out = _out(fn, out, (m, k), F32, ("dy", "w_packed"), dy, w_packed)
   _call(fn, "bnn_matmul_sign_t_packed", p_dy, p_w_packed, m, k, n, p_out)
   return out
 
@@ -467,7 +491,7 @@ def sign_t_matmul(x_packed: np.ndarray, k: int, dy: np.ndarray, *,
   _array(fn, "x_packed", x_packed, U64, (None, words(k)), what=f"(m, words(k)) with k={k}")
   _array(fn, "dy", dy, F32, (x_packed.shape[0], None), what="(m, n) with m = x_packed.shape[0]")
   m, n = dy.shape
-  out, (p_x_packed, p_dy, p_out) = _out(fn, out, (k, n), F32, {"x_packed": x_packed, "dy": dy})
+  out, p_x_packed, p_dy, p_out = _out(fn, out, (k, n), F32, ("x_packed", "dy"), x_packed, dy)
   _call(fn, "bnn_sign_t_matmul", p_x_packed, p_dy, m, k, n, p_out)
   return out
 
@@ -479,7 +503,7 @@ def t_matmul(x: np.ndarray, dy: np.ndarray, *, out: np.ndarray | None = None) ->
   _array(fn, "x", x, F32, (None, None), what="(m, k)")
   _array(fn, "dy", dy, F32, (x.shape[0], None), what="(m, n) with m = x.shape[0]")
   (m, k), n = x.shape, dy.shape[1]
-  out, (p_x, p_dy, p_out) = _out(fn, out, (k, n), F32, {"x": x, "dy": dy})
+  out, p_x, p_dy, p_out = _out(fn, out, (k, n), F32, ("x", "dy"), x, dy)
   _call(fn, "bnn_t_matmul", p_x, p_dy, m, k, n, p_out)
   return out
 
@@ -629,8 +653,8 @@ def binary_conv2d(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray, kernel_
     raise TypeError(f"{fn}: dtype={dtype}; expected int32 or float32")
   kh, kw, b, h, w, c_out = _packed_conv_operands(fn, x_packed, c_in, w_packed, kernel_hw)
   args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
-  out, (p_x_packed, p_w_packed, p_out) = _out(fn, out, (b, oh, ow, c_out), dtype,
-                                               {"x_packed": x_packed, "w_packed": w_packed})
+  out, p_x_packed, p_w_packed, p_out = _out(fn, out, (b, oh, ow, c_out), dtype,
+                                            ("x_packed", "w_packed"), x_packed, w_packed)
   cname = "bnn_binary_conv2d_i32" if dtype == I32 else "bnn_binary_conv2d_f32"
   _call(fn, cname, p_x_packed, p_w_packed, *args, p_out)
   return out
@@ -653,9 +677,9 @@ def binary_conv2d_sign(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray,
   args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
   if pool:
     oh, ow = oh // 2, ow // 2
-  out, (p_x_packed, p_w_packed, p_threshold, p_out) = _out(
-      fn, out, (b, oh, ow, words(c_out)), U64,
-      {"x_packed": x_packed, "w_packed": w_packed, "threshold": threshold})
+  out, p_x_packed, p_w_packed, p_threshold, p_out = _out(
+      fn, out, (b, oh, ow, words(c_out)), U64, ("x_packed", "w_packed", "threshold"),
+      x_packed, w_packed, threshold)
   _call(fn, "bnn_binary_conv2d_sign", p_x_packed, p_w_packed, p_threshold, *args, int(pool),
         p_out)
   return out
@@ -684,8 +708,7 @@ def sign_conv2d(x: np.ndarray, w_sign: np.ndarray, c_out: int, strides=1, paddin
   if c_in < 1:
     raise ValueError(f"{fn}: x has shape {x.shape}; expected c_in >= 1")
   args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
-  out, (p_x, p_w_sign, p_out) = _out(fn, out, (b, oh, ow, c_out), F32,
-                                     {"x": x, "w_sign": w_sign})
+  out, p_x, p_w_sign, p_out = _out(fn, out, (b, oh, ow, c_out), F32, ("x", "w_sign"), x, w_sign)
   _call(fn, "bnn_sign_conv2d", p_x, p_w_sign, *args, p_out)
   return out
 
@@ -1000,9 +1023,23 @@ def factored_adam_f16(w: np.ndarray, m: np.ndarray, g: np.ndarray, f1: np.ndarra
           and 0 <= b1 < 1):
     raise ValueError(f"{fn}: correction={correction}, lr={lr}, b1={b1}; expected "
                      f"correction > 0, a finite lr and 0 <= b1 < 1")
-  n_lead = int(np.prod(lead)) if lead else 1
-  _call(fn, "bnn_factored_adam_f16", _ptr(w), _ptr(m), _ptr(g), n_lead, ni, nj, _ptr(f1),
+  _call(fn, "bnn_factored_adam_f16", _ptr(w), _ptr(m), _ptr(g), math.prod(lead), ni, nj, _ptr(f1),
         on_j[0], _ptr(f2), on_j[1], b1, float(np.float32(1 - b1)), correction, lr)
+
+
+def factored_square_sums(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """factored_adam's statistics of g float16 or float32, of shape (..., ni, nj): with
+  s = g^2 + 1e-30 in float32, -> (the sums of s over the second-last axis, float32
+  (..., nj); over the last axis, float32 (..., ni)), in the order bnnpi.h states
+  (pi_backend/optimizers.py)."""
+  fn = "factored_square_sums"
+  _array(fn, "g", g, (F16, F32), min_ndim=2, what="(..., ni, nj)")
+  *lead, ni, nj = g.shape
+  si, sj = np.empty((*lead, nj), F32), np.empty((*lead, ni), F32)
+  p_g = _ptr(g)
+  _call(fn, "bnn_factored_square_sums", p_g if g.dtype == F16 else None,
+        p_g if g.dtype == F32 else None, math.prod(lead), ni, nj, _ptr(si), _ptr(sj))
+  return si, sj
 
 
 def sign_scaled_grad(dw: np.ndarray, w: np.ndarray, c: np.float16) -> np.ndarray:

@@ -20,10 +20,11 @@ smallest value for N > 17,000 weights.
 
 The betas (few): Adam with eps_root = 0 and float32 moments.
 
-The statistics are NumPy, a block of rows at a time. When d0 and d1 are the last two
-axes (every kernel of the paper's models) and g is float16, the moment and weight
-update is one C pass (kernels.factored_adam_f16, the same float32 operations in the same
-order: the same bits as the NumPy blocks, which do it otherwise).
+When d0 and d1 are the last two axes (every kernel of the paper's models but a first
+conv's), the statistics are one C pass (kernels.factored_square_sums, in a stated order
+of additions), and, when g is float16, so is the moment and weight update
+(kernels.factored_adam_f16, the same float32 operations in the same order as the NumPy
+blocks: the same bits). Otherwise both are NumPy, a block of rows at a time.
 """
 from __future__ import annotations
 
@@ -100,23 +101,29 @@ def factored_adam(w: np.ndarray, m: np.ndarray, vrow: np.ndarray, vcol: np.ndarr
   t = F32(count - 1)
   b2_ = F32(b2)
   decay = b2_ * (F32(1) - b2_ ** t) / (F32(1) - b2_ ** (t + F32(1)))
-  # the sums of s = g^2 + 1e-30 over d0 and over d1, a block of the first axis at a time
-  sums = {d: np.zeros(stat.shape, F32) for d, stat in ((d0, vrow), (d1, vcol))}
-  for rows in _chunks(shape):
-    gb = _f32(g[rows])
-    s = gb * gb + F32(1e-30)
-    for d, total in sums.items():
-      if d == 0:
-        total += s.sum(axis=0, dtype=F32)
-      else:
-        total[rows] = s.sum(axis=d, dtype=F32)
+  # the sums of s = g^2 + 1e-30 over d0 and over d1: one C pass when they are the last two
+  # axes (every kernel of the paper's models but a first conv's), else NumPy, a block
+  # of the first axis at a time
+  last_two = {d0, d1} == {len(shape) - 2, len(shape) - 1}
+  if last_two:
+    sums = dict(zip((len(shape) - 2, len(shape) - 1), K.factored_square_sums(g)))
+  else:
+    sums = {d: np.zeros(stat.shape, F32) for d, stat in ((d0, vrow), (d1, vcol))}
+    for rows in _chunks(shape):
+      gb = _f32(g[rows])
+      s = gb * gb + F32(1e-30)
+      for d, total in sums.items():
+        if d == 0:
+          total += s.sum(axis=0, dtype=F32)
+        else:
+          total[rows] = s.sum(axis=d, dtype=F32)
   vrow[...] = decay * vrow + (F32(1) - decay) * (sums[d0] / F32(shape[d0]))
   vcol[...] = decay * vcol + (F32(1) - decay) * (sums[d1] / F32(shape[d1]))
   reduced_d1 = d1 - 1 if d1 > d0 else d1
   row_factor = (vrow / vrow.mean(axis=reduced_d1, keepdims=True, dtype=F32)) ** F32(-0.5)
   col_factor = vcol ** F32(-0.5)
   correction = F32(1) - F32(b1) ** F32(count)
-  if g.dtype == F16 and {d0, d1} == {len(shape) - 2, len(shape) - 1}:
+  if g.dtype == F16 and last_two:
     # one C pass (every kernel of the paper's models): a factor that leaves out the
     # second-last axis varies along the last one
     K.factored_adam_f16(w, m, g, row_factor, d0 == len(shape) - 2, col_factor,

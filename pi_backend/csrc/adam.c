@@ -3,6 +3,7 @@
  * eps_root = 0: float32 arithmetic per element, stored back rounded to nearest even.
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "internal.h"
 
@@ -155,6 +156,63 @@ int bnn_factored_adam_f16(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t n
       }
     }
   }
+  return BNN_OK;
+}
+
+/* factored_adam's statistics: see bnnpi.h. The x86 rows do the lanes' part 8 at a time;
+ * the portable loop converts a float16 row into a scratch row first (the bulk
+ * conversion is faster than one element at a time). */
+int bnn_factored_square_sums(const uint16_t *g16, const float *g32, int64_t np,
+                             int64_t ni, int64_t nj, float *si, float *sj) {
+  enum { LANES = 8 };
+  float *scratch = NULL, lane[LANES];
+  int64_t p, i, j, q, total;
+  const int64_t nj8 = nj - nj % LANES;
+  int rc;
+  if (np < 0 || ni < 0 || nj < 0) return BNN_ERR_SIZE;
+  if ((rc = bnn__count(&total, sizeof(float), np, ni, nj, 1)) != BNN_OK) return rc;
+  if (np == 0 || (ni == 0 && nj == 0)) return BNN_OK;
+  if ((nj > 0 && !si) || (ni > 0 && !sj)) return BNN_ERR_NULL;
+  if (ni == 0 || nj == 0) { /* sums of nothing (and no pointer arithmetic on NULL) */
+    for (p = 0; p < np * nj; ++p) si[p] = 0.0f;
+    for (p = 0; p < np * ni; ++p) sj[p] = 0.0f;
+    return BNN_OK;
+  }
+  if (!g16 && !g32) return BNN_ERR_NULL;
+  if (g16 && !(scratch = (float *)malloc((size_t)nj * sizeof(float)))) return BNN_ERR_NOMEM;
+  for (p = 0; p < np; ++p) {
+    float *col = si + p * nj;
+    for (j = 0; j < nj; ++j) col[j] = 0.0f;
+    for (i = 0; i < ni; ++i) {
+      const int64_t row = (p * ni + i) * nj;
+      const float *x = g16 ? scratch : g32 + row;
+      float t;
+      for (q = 0; q < LANES; ++q) lane[q] = 0.0f;
+      j = 0;
+#if BNN_HAVE_X86_SIMD
+      if (bnn__float_level() >= BNN__IMPL_AVX2) {
+        j = bnn__x86_square_sums_row(g16 ? g16 + row : NULL, g16 ? NULL : g32 + row, nj, col,
+                                     lane);
+      }
+#endif
+      if (g16) bnn_f16_to_f32(g16 + row + j, nj - j, scratch + j);
+      for (; j < nj8; j += LANES) {
+        for (q = 0; q < LANES; ++q) {
+          const float v = x[j + q] * x[j + q] + 1e-30f;
+          col[j + q] += v;
+          lane[q] += v;
+        }
+      }
+      t = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+      for (; j < nj; ++j) {
+        const float v = x[j] * x[j] + 1e-30f;
+        col[j] += v;
+        t += v;
+      }
+      sj[p * ni + i] = t;
+    }
+  }
+  free(scratch);
   return BNN_OK;
 }
 

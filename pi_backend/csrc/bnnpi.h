@@ -276,6 +276,14 @@ int bnn_factored_adam_f16(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t n
                           int64_t ni, int64_t nj, const float *f1, int f1_on_j,
                           const float *f2, int f2_on_j, float b1, float one_b1,
                           float correction, float lr);
+/* factored_adam's statistics (pi_backend/optimizers.py) of a kernel seen as (np, ni, nj),
+ * g float16 bits (g16) or float32 (g32; the other NULL): with s = g * g + 1e-30f in
+ * float32, si[p * nj + j] = the sum of s over i, in order of i, and sj[p * ni + i] = the
+ * sum of s over j in this order: lane sums l_q over the j = q mod 8 below the last
+ * multiple of 8 of nj, in order of j, then ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+ * (l6 + l7)), then the other j in order. */
+int bnn_factored_square_sums(const uint16_t *g16, const float *g32, int64_t np,
+                             int64_t ni, int64_t nj, float *si, float *sj);
 /* The sign_scaled weight gradient in float16 bits: out[i] = c16 with the sign bit set
  * when !(dw[i] >= 0), or 0 when |w[i]| > 1 or NaN (w float16 bits: (w & 0x7fff) > 0x3c00). */
 int bnn_sign_scaled_grad(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,

@@ -168,6 +168,23 @@ F16C_ATTR int64_t bnn__x86_factored_row(uint16_t *w, uint16_t *m, const uint16_t
   return j;
 }
 
+/* A row of bnn_factored_square_sums (g16 or g32): lane q of the vector is adam.c's lane
+ * sum q; the same operations in the same order (no FMA): bit-identical. */
+F16C_ATTR int64_t bnn__x86_square_sums_row(const uint16_t *g16, const float *g32, int64_t n,
+                                           float *col, float *lane) {
+  const __m256 tiny = _mm256_set1_ps(1e-30f);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 x = g16 ? load_h8(g16 + j) : _mm256_loadu_ps(g32 + j);
+    const __m256 v = _mm256_add_ps(_mm256_mul_ps(x, x), tiny);
+    _mm256_storeu_ps(col + j, _mm256_add_ps(_mm256_loadu_ps(col + j), v));
+    acc = _mm256_add_ps(acc, v);
+  }
+  _mm256_storeu_ps(lane, acc);
+  return j;
+}
+
 /* bnn__unpack_row with vectors: +-1.0f from the bits of row (n elements). */
 __attribute__((target("avx2"))) static void unpack_avx2(const uint64_t *row, int64_t n,
                                                         float *out) {

@@ -442,6 +442,16 @@ static void fuzz_factored_adam(input *in, buffers *b) {
   expect(b, rc, sane3(np_, ni, nj) && total >= 0 && total <= ((int64_t)1 << 31) &&
                     correction > 0.0f,
          np_ < 0 || ni < 0 || nj < 0 || !(correction > 0.0f), "bnn_factored_adam_f16");
+  /* and its statistics, from the float16 or the float32 gradient */
+  {
+    const int half = (int)take(in, 1) % 2;
+    const float *g32 = fbuf(b, total, 1);
+    float *si = fbuf(b, prod(np_, nj), 1), *sj = fbuf(b, prod(np_, ni), 1);
+    const int rc2 = bnn_factored_square_sums(half ? g : NULL, half ? NULL : g32, np_, ni, nj,
+                                             si, sj);
+    expect(b, rc2, sane3(np_, ni, nj) && total >= 0 && total <= ((int64_t)1 << 31),
+           np_ < 0 || ni < 0 || nj < 0, "bnn_factored_square_sums");
+  }
 }
 
 static void fuzz_numerics(input *in, buffers *b) {

@@ -170,6 +170,10 @@ int64_t bnn__x86_adam(uint16_t *w, uint16_t *m, uint16_t *v, const float *g32,
 int64_t bnn__x86_factored_row(uint16_t *w, uint16_t *m, const uint16_t *g, int64_t n,
                               const float *f1, float s1, const float *f2, float s2,
                               float b1, float one_b1, float correction, float neg_lr);
+/* one row of bnn_factored_square_sums: adds to col[j] and sets lane[0..7], for the
+ * elements [0, n - n % 8); returns how many */
+int64_t bnn__x86_square_sums_row(const uint16_t *g16, const float *g32, int64_t n,
+                                 float *col, float *lane);
 void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out);
 uint64_t bnn__x86_f16_word64(const uint16_t *row); /* AVX2 */
 int64_t bnn__x86_sign_scaled(const float *dw, const uint16_t *w, int64_t n, uint16_t c16,

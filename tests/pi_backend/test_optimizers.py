@@ -2,6 +2,8 @@
 in its docstring (float16 rounding where the state is stored), the property that makes
 the factored second moment exact for the proposed gradient, and its input checks. The
 comparison with optax itself is in test_parity_with_jax.py."""
+import math
+
 import numpy as np
 import pytest
 
@@ -169,3 +171,57 @@ def test_the_c_step_names_bad_arguments():
   with pytest.raises((ValueError, TypeError), match="m"):
     K.factored_adam_f16(w, m.astype(np.float32), g, rows, True, cols, False, b1=0.9,
                         correction=0.1, lr=1e-3)
+
+
+def _square_sums_in_order(g):
+  """bnnpi.h's order of bnn_factored_square_sums, one float32 addition at a time."""
+  s = g.astype(np.float32) ** 2 + np.float32(1e-30)
+  *lead, ni, nj = s.shape
+  s = s.reshape(math.prod(lead), ni, nj)
+  over_i, over_j = np.zeros((len(s), nj), np.float32), np.zeros((len(s), ni), np.float32)
+  nj8 = nj - nj % 8
+  for p in range(len(s)):
+    for i in range(ni):
+      over_i[p] += s[p, i]
+      lane = np.zeros(8, np.float32)
+      for j in range(0, nj8, 8):
+        lane += s[p, i, j:j + 8]
+      t = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+      for j in range(nj8, nj):
+        t += s[p, i, j]
+      over_j[p, i] = t
+  return over_i.reshape(*lead, nj), over_j.reshape(*lead, ni)
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (64, 64), (9, 13), (2, 37), (3, 3, 8, 16),
+                                   (1, 1, 3, 70), (4, 0), (0, 4), (2, 3, 0)])
+@pytest.mark.parametrize("impl", K.float_impls())
+def test_square_sums_add_in_the_stated_order(shape, impl):
+  """kernels.factored_square_sums (the statistics' one C pass) gives the bits of its
+  stated order of additions in every float implementation, from float16 and float32 g
+  alike; a zero gradient counts 1e-30."""
+  rng = np.random.default_rng(sum(shape) + 7)
+  g = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-4, -1, shape)).astype(np.float16)
+  if g.size:
+    g.reshape(-1)[::3] = 0
+  want = _square_sums_in_order(g)
+  before = K.float_impl()
+  K.set_float_impl(impl)
+  try:
+    for x in (g, g.astype(np.float32)):
+      got = K.factored_square_sums(x)
+      for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+  finally:
+    K.set_float_impl(before)
+
+
+def test_square_sums_name_bad_arguments():
+  with pytest.raises(TypeError, match=r"factored_square_sums: g has dtype float64"):
+    K.factored_square_sums(np.zeros((3, 4)))
+  with pytest.raises(ValueError, match=r"factored_square_sums: g has shape \(4,\); expected "
+                                       r"at least 2 axes"):
+    K.factored_square_sums(np.zeros(4, np.float32))
+  with pytest.raises(ValueError, match="not C-contiguous"):
+    K.factored_square_sums(np.zeros((4, 3), np.float32).T)

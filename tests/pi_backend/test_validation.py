@@ -102,6 +102,41 @@ def test_outputs_read_only_or_overlapping():
     K.batch_norm_l1(_x(2, 4), _x(4), running_mean=rm, running_scale=_x(4))
 
 
+def test_overlap_of_each_input():
+  """The output is checked against every input, on each of _out's paths: two writable
+  inputs (inline), a read-only or empty one (addresses taken the slow way), three."""
+  buf = np.zeros(16, f32)
+  with pytest.raises(ValueError, match=r"sign_matmul: out overlaps the input w"):
+    K.sign_matmul(_x(2, 3), buf[:6].reshape(3, 2), out=buf[4:8].reshape(2, 2))
+  read_only = buf[:6].reshape(2, 3)
+  read_only.flags.writeable = False
+  with pytest.raises(ValueError, match=r"sign_matmul: out overlaps the input x"):
+    K.sign_matmul(read_only, _x(3, 2), out=buf[4:8].reshape(2, 2))
+  K.sign_matmul(read_only, _x(3, 2), out=buf[6:10].reshape(2, 2))
+  # k = 0: empty inputs, one of them a view inside out, overlap nothing
+  out = np.full((2, 4), 7, np.int32)
+  assert K.xnor_gemm(out.view(u64)[:, 1:1], np.zeros((4, 0), u64), 0, out=out) is out
+  np.testing.assert_array_equal(out, 0)
+  xp, wp = K.pack(_x(1, 3, 3, 8)), K.pack_conv_weights(_x(3, 3, 8, 4))
+  out = np.zeros((1, 3, 3, 1), u64)
+  with pytest.raises(ValueError, match=r"binary_conv2d_sign: out overlaps the input threshold"):
+    K.binary_conv2d_sign(xp, 8, wp, out.view(np.int32).reshape(-1)[:4], (3, 3), out=out)
+
+
+def test_xnor_gemm_dtype_spellings():
+  """Every spelling of the two output dtypes picks its kernel (the fast path tells them
+  apart by identity)."""
+  a, b = K.pack(_x(2, 70)), K.pack(-_x(3, 70))
+  for dtype in (np.float32, "float32", np.dtype("f4"), np.dtype(f32, metadata={"u": 1})):
+    y = K.xnor_gemm(a, b, 70, dtype=dtype)
+    assert y.dtype == f32 and (y == -70).all()
+  for dtype in (np.int32, "int32", np.dtype("i4"), np.dtype(np.int32, metadata={"u": 1})):
+    y = K.xnor_gemm(a, b, 70, dtype=dtype, out=np.empty((2, 3), np.int32))
+    assert y.dtype == np.int32 and (y == -70).all()
+  with pytest.raises(TypeError, match=r"xnor_gemm: dtype=>f4; expected int32 or float32"):
+    K.xnor_gemm(a, b, 70, dtype=">f4")
+
+
 def test_bad_numbers():
   with pytest.raises(TypeError, match=r"unpack: n=True must be an int, not a bool"):
     K.unpack(np.zeros((1, 1), u64), True)
