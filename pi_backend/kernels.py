@@ -73,12 +73,6 @@ def _array(fn: str, name: str, a, dtype, shape=None, *, what: str = "", min_ndim
   return a
 
 
-def _c_aligned(a: np.ndarray) -> bool:
-  """a is C-contiguous and aligned (one flags object: each costs 0.1 us)."""
-  flags = a.flags
-  return flags.c_contiguous and flags.aligned
-
-
 def _overlap(p: int, p_bytes: int, q: int, q_bytes: int) -> bool:
   """Whether the byte ranges [p, p + p_bytes) and [q, q + q_bytes) share a byte. For
   C-contiguous arrays (checked before every call) this is exact, and cheaper than

@@ -186,16 +186,20 @@ F16C_ATTR int64_t bnn__x86_square_sums_row(const uint16_t *g16, const float *g32
 }
 
 /* bnn__unpack_row with vectors: +-1.0f from the bits of row (n elements). */
+/* All ones in lane q where bit j + q of bits is set, else 0 (j a multiple of 8). */
+static inline __attribute__((target("avx2"))) __m256i bit_lanes8(const uint64_t *bits,
+                                                                 int64_t j) {
+  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  const __m256i byte = _mm256_set1_epi32((int)((bits[j >> 6] >> (j & 63)) & 0xffu));
+  return _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane), lane);
+}
+
 __attribute__((target("avx2"))) static void unpack_avx2(const uint64_t *row, int64_t n,
                                                         float *out) {
-  const __m256i bitsel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256 one = _mm256_set1_ps(1.0f), mone = _mm256_set1_ps(-1.0f);
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const int byte = (int)((row[j >> 6] >> (j & 63)) & 0xffu);
-    const __m256i hit = _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32(byte), bitsel), bitsel);
-    _mm256_storeu_ps(out + j, _mm256_blendv_ps(mone, one, _mm256_castsi256_ps(hit)));
+    _mm256_storeu_ps(out + j, _mm256_blendv_ps(mone, one, _mm256_castsi256_ps(bit_lanes8(row, j))));
   }
   for (; j < n; ++j) out[j] = bnn__get_bit(row, j) ? 1.0f : -1.0f;
 }
@@ -343,12 +347,10 @@ __attribute__((target("avx2"))) int64_t bnn__x86_ste_forward_row(const float *x,
 __attribute__((target("avx2"))) int64_t bnn__x86_ste_backward_row(const float *dy,
                                                                   const uint64_t *mask,
                                                                   int64_t n, float *dx) {
-  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   int64_t j;
   for (j = 0; j + 8 <= n; j += 8) {
-    const __m256i byte = _mm256_set1_epi32((int)((mask[j >> 6] >> (j & 63)) & 0xffu));
-    const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane), lane);
-    _mm256_storeu_ps(dx + j, _mm256_and_ps(_mm256_loadu_ps(dy + j), _mm256_castsi256_ps(set)));
+    const __m256 set = _mm256_castsi256_ps(bit_lanes8(mask, j));
+    _mm256_storeu_ps(dx + j, _mm256_and_ps(_mm256_loadu_ps(dy + j), set));
   }
   return j;
 }
@@ -374,11 +376,8 @@ static inline BN2_ATTR __m256 abs8(__m256 v) {
 
 /* v where bit j + lane of bits is set, -v where not (j a multiple of 8). */
 static inline BN2_ATTR __m256 flip_unless8(__m256 v, const uint64_t *bits, int64_t j) {
-  const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  const __m256i byte = _mm256_set1_epi32((int)((bits[j >> 6] >> (j & 63)) & 0xffu));
-  const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(byte, lane), lane);
   return _mm256_xor_ps(v, _mm256_castsi256_ps(_mm256_andnot_si256(
-                              set, _mm256_set1_epi32((int)0x80000000u))));
+                              bit_lanes8(bits, j), _mm256_set1_epi32((int)0x80000000u))));
 }
 
 static BN2_ATTR int64_t bn8_sum_row(const float *x, const float *mean, int64_t c,
