@@ -78,6 +78,16 @@ def main(argv):
 def run(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.workdir == "":
+    raise app.UsageError("--workdir is empty; expected a directory (without --workdir: "
+                         "workdirs/<config>)")
+  if FLAGS.bundle is not None and FLAGS.mode not in ("export", "import"):
+    raise app.UsageError(f"--bundle is for --mode export and import; --mode {FLAGS.mode} "
+                         f"does not read it")
+  if FLAGS["which"].present and FLAGS.mode != "export":
+    raise app.UsageError(f"--which is for --mode export; --mode {FLAGS.mode} does not read it"
+                         + (" (it evaluates the best-validation checkpoint, else the newest)"
+                            if FLAGS.mode == "eval" else ""))
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every step at INFO
   from bnn import distributed
@@ -129,7 +139,13 @@ def parse_flags(argv):
   variant its get_config refuses, and an override of a key the config lacks."""
   try:
     rest = FLAGS(argv)
+  except SyntaxError as e:  # a file that is not Python: README.md, a JSON config
+    sys.exit(f"error: --config {_config_arg(argv)}: not a Python config file (line "
+             f"{e.lineno}: {e.msg}); {_known_configs()}")
   except (AttributeError, KeyError) as e:  # ml_collections: no such config key
+    if "attribute 'get_config'" in str(e):  # configs/common.py, an __init__.py
+      sys.exit(f"error: --config {_config_arg(argv)}: defines no get_config(); "
+               f"{_known_configs()}")
     sys.exit(_UNKNOWN_KEY.format(_one_line(e)))
   except flags.Error as e:
     flag, sep, trace = str(e).partition(": Error whilst parsing config file")
@@ -143,9 +159,18 @@ def parse_flags(argv):
     path = config_flags.get_config_filename(FLAGS["config"])
     if os.path.exists(path):
       sys.exit(f"error: --config {path}: {_one_line(e.__cause__ or e)}")
-    sys.exit(f"error: --config {path}: no such file in {os.getcwd()}; the configs: "
-             f"{_configs('configs/*.py')}; the sweeps: {_configs('configs/sweeps/*.py')}")
+    sys.exit(f"error: --config {path}: no such file in {os.getcwd()}; {_known_configs()}")
   return rest
+
+
+def _config_arg(argv) -> str:
+  """The --config argument as given (the flag holds no value when its file failed)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.removeprefix("--config=")
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return FLAGS["config"].default_as_str or "?"
 
 
 def _default_workdir() -> str:
@@ -155,6 +180,10 @@ def _default_workdir() -> str:
   configs = ROOT / "configs"
   name = path.relative_to(configs) if path.is_relative_to(configs) else Path(path.name)
   return str(Path("workdirs") / name.with_suffix(""))
+
+
+def _known_configs() -> str:
+  return f"the configs: {_configs('configs/*.py')}; the sweeps: {_configs('configs/sweeps/*.py')}"
 
 
 def _configs(pattern: str) -> str:

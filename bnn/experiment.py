@@ -139,18 +139,22 @@ class Experiment:
     start, stop = self.rows[global_rows]
     return distributed.global_batch(batch, self.plan.batch, stop - start, global_rows)
 
-  def checkpoints(self, which: str = "checkpoints") -> ocp.CheckpointManager:
+  def checkpoints(self, which: str = "checkpoints", *,
+                  read_only: bool = False) -> ocp.CheckpointManager:
     """The orbax manager of workdir/<which>; every process must create and call it.
-    Its barrier keys carry `which`: both managers may save the same step at once."""
+    Its barrier keys carry `which`: both managers may save the same step at once.
+    A writer removes the half-written checkpoints a killed run left; a reader
+    (``read_only``: eval, export) leaves the directory alone, since a run that trains
+    there may be writing one at that moment."""
     processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=which)
+    shared = dict(multiprocessing_options=processes, read_only=read_only,
+                  cleanup_tmp_directories=not read_only)
     if which == "best":
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max",
-          multiprocessing_options=processes, cleanup_tmp_directories=True)
+          max_to_keep=1, best_fn=lambda m: m["val_accuracy"], best_mode="max", **shared)
     else:
       options = ocp.CheckpointManagerOptions(
-          max_to_keep=2, save_interval_steps=self.config.checkpoint_every_steps,
-          multiprocessing_options=processes, cleanup_tmp_directories=True)
+          max_to_keep=2, save_interval_steps=self.config.checkpoint_every_steps, **shared)
     return ckpt.manager(self.workdir / which, options)
 
   def restore(self, manager: ocp.CheckpointManager, step: int | None = None):
@@ -328,16 +332,19 @@ def saved_config(workdir: str | Path, overrides: dict | None = None
   overrides {dotted key: value} set on top; None where the workdir has none."""
   path = Path(workdir) / "config.json"
   try:
-    text = path.read_text()
+    raw = path.read_bytes()
   except FileNotFoundError:
     return None
   except OSError as e:
     raise ckpt.CheckpointReadError(f"{path} cannot be read: {e.strerror or e}") from None
   try:
-    config = ml_collections.ConfigDict(json.loads(text))
+    fields = json.loads(raw)  # bytes that are not UTF-8 raise a ValueError here too
+    if not isinstance(fields, dict):
+      raise ValueError(f"it holds a JSON {type(fields).__name__}, not an object")
   except ValueError as e:
     raise ckpt.CheckpointReadError(f"{path} is not a config.json ({e}); give the config "
                                    f"with --config") from None
+  config = ml_collections.ConfigDict(fields)
   for key, value in (overrides or {}).items():
     *parents, leaf = key.split(".")
     node = config
@@ -362,7 +369,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   for which in ("best", "checkpoints"):
     if not (exp.workdir / which).is_dir():  # a mistyped workdir is not created
       continue
-    with contextlib.closing(exp.checkpoints(which)) as manager:
+    with contextlib.closing(exp.checkpoints(which, read_only=True)) as manager:
       step = manager.best_step() if which == "best" else manager.latest_step()
       state = None if step is None else exp.restore(manager, step)
     if state is not None:
@@ -378,5 +385,5 @@ def no_checkpoint(workdir: Path, where: str) -> ckpt.NoCheckpointError:
     return ckpt.NoCheckpointError(
         f"{workdir} is a sweep's workdir; its points have the checkpoints: --workdir "
         f"{workdir}/<point>, one of {', '.join(points)}")
-  return ckpt.NoCheckpointError(f"no checkpoint in {where}; train first: python main.py "
-                                f"--mode train --workdir {workdir}")
+  return ckpt.NoCheckpointError(f"no checkpoint in {where}; train first: the same --config "
+                                f"and --workdir {workdir} with --mode train")

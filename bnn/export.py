@@ -329,14 +329,16 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
   if which not in ("latest", "best"):
     raise ExportError(f"which={which!r}; expected 'latest' or 'best'")
   exp = _experiment(config, workdir)
+  path = Path(bundle_path or exp.workdir / "model.bnnpi")
+  _check_replaceable(path)
   directory = exp.workdir / ("best" if which == "best" else "checkpoints")
   step = None
   if directory.is_dir():  # a mistyped workdir is not created
-    with contextlib.closing(exp.checkpoints(directory.name)) as manager:
+    with contextlib.closing(exp.checkpoints(directory.name, read_only=True)) as manager:
       step = manager.best_step() if which == "best" else manager.latest_step()
       state = None if step is None else exp.restore(manager, step)
   if step is None and which == "best" and (exp.workdir / "checkpoints").is_dir():
-    with contextlib.closing(exp.checkpoints()) as manager:
+    with contextlib.closing(exp.checkpoints(read_only=True)) as manager:
       latest = manager.latest_step()
     if latest is not None:
       raise ckpt.NoCheckpointError(
@@ -350,7 +352,6 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
       exp.model, state, input_shape=exp.spec.image_shape, base_lr=config.optimizer.lr,
       source={"workdir": str(exp.workdir), "checkpoint": which, "step": int(step),
               "dataset": config.dataset.name})
-  path = Path(bundle_path or exp.workdir / "model.bnnpi")
   try:
     bundle_lib.write(path, meta, tensors)
   except OSError as e:
@@ -364,6 +365,23 @@ def export(config, workdir, bundle_path=None, which: str = "latest") -> Path:
   return path
 
 
+def _check_replaceable(path: Path) -> None:
+  """An export replaces an earlier bundle, never another file (a mistyped --bundle
+  that named the workdir's config.json, or the data)."""
+  if path.is_dir():
+    raise ExportError(f"--bundle {path} is a directory; expected the path of a bundle file")
+  if path.exists():
+    try:
+      with open(path, "rb") as f:
+        head = f.read(len(bundle_lib.MAGIC))
+    except OSError as e:
+      raise ExportError(f"cannot read {path}, which the bundle would replace: "
+                        f"{e.strerror or e}") from None
+    if head != bundle_lib.MAGIC:
+      raise ExportError(f"{path} exists and is not a bundle; an export replaces only a "
+                        f"bundle: remove the file or choose another --bundle")
+
+
 def import_bundle(config, bundle_path, workdir) -> int:
   """A bundle -> an orbax checkpoint in <workdir>/checkpoints at the bundle's training
   step. Returns that step."""
@@ -372,6 +390,12 @@ def import_bundle(config, bundle_path, workdir) -> int:
   except OSError as e:
     raise ExportError(f"cannot read the bundle {bundle_path}: {e.strerror or e}") from None
   exp = _experiment(config, workdir)
+  source = b.metadata.get("source")
+  dataset = source.get("dataset") if isinstance(source, dict) else None
+  if dataset is not None and dataset != config.dataset.name:
+    raise ExportError(f"{bundle_path} holds a model trained on {dataset!r}; the config "
+                      f"trains on {config.dataset.name!r}: import with a config of "
+                      f"{dataset!r}")
   step = b.graph.train_step
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   # the lock covers the check and the write: no other command saves this step between

@@ -22,8 +22,11 @@ default_kernel_init = nn.initializers.glorot_uniform()
 
 
 def _key(module: nn.Module, *specs: Spec) -> jax.Array | None:
+  """The layer's key from the "gradient" stream when one of its gradient quantizers is
+  stochastic. None without that stream: an evaluation, which takes no gradient, need
+  not supply one (the ops then refuse only a gradient)."""
   stochastic = any(s is not None and quantizers.get(s, "gradient").stochastic for s in specs)
-  return module.make_rng("gradient") if stochastic else None
+  return module.make_rng("gradient") if stochastic and module.has_rng("gradient") else None
 
 
 class BinaryDense(nn.Module):

@@ -9,9 +9,12 @@
 --data: an .npz (images, labels), an IDX images file (labels from --labels or the
 matching *labels* file) or a directory of MNIST-named IDX files (--split train|test;
 the default is train for ``train`` and test otherwise);
-see pi_backend/data.py. ``train`` writes the trained bundle back to --output (default:
-the input bundle), atomically; SIGINT (Ctrl-C) or SIGTERM stops it after the step under
-way, and it still writes the bundle. ``bench`` without a bundle times the kernels
+see pi_backend/data.py; every label is checked against the model's classes before the
+work starts. ``train`` writes the trained bundle back to --output (default: the input
+bundle; never one of the data files), atomically; SIGINT (Ctrl-C) or SIGTERM stops it
+after the step under way, and it still writes the bundle. A NaN or infinite loss (or
+state) stops it with an error and writes nothing. ``infer --output`` writes the logits
+atomically too (np.save's name: .npy appended). ``bench`` without a bundle times the kernels
 (pi_backend/bench.py); with one, a training step and inference, and the memory report.
 Exit status: 0, 1 for a bad file or value (the message says which), 2 for bad arguments,
 130 or 143 for training stopped by SIGINT or SIGTERM (its bundle written).
@@ -19,9 +22,11 @@ Exit status: 0, 1 for a bad file or value (the message says which), 2 for bad ar
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+from pathlib import Path
 
 from pi_backend import argtypes
 
@@ -59,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
   sp.add_argument("--steps", type=argtypes.positive_int, help="stop after this many steps")
   sp.add_argument("--output", type=argtypes.path, help="where to write the trained bundle "
                                               "(default: over --bundle)")
-  sp.add_argument("--seed", type=int, default=0)
+  sp.add_argument("--seed", type=argtypes.nonnegative_int, default=0)
   sp.add_argument("--memory", action="store_true",
                   help="measure the first step's memory and print the report")
   sp = sub.add_parser("bench", help="time the kernels, or a bundle's training and inference")
@@ -71,11 +76,16 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args, need_labels=True):
   from pi_backend import data  # pylint: disable=import-outside-toplevel
   from pi_backend.model import Model  # pylint: disable=import-outside-toplevel
+  if args.bundle.is_dir():
+    raise ValueError(f"--bundle {args.bundle}: is a directory; expected a bundle file "
+                     f"(python main.py --mode export writes one)")
   if not args.bundle.is_file():
     raise FileNotFoundError(f"--bundle {args.bundle}: no such file")
   model = Model.load(args.bundle, float_gemm=args.float_gemm,
                      **({"seed": args.seed} if hasattr(args, "seed") else {}))
-  images, labels = data.load(args.data, args.labels, args.split, need_labels=need_labels)
+  # every label against the model's classes now, not in the batch that holds a bad one
+  images, labels = data.load(args.data, args.labels, args.split, need_labels=need_labels,
+                             num_classes=model.num_classes)
   if args.limit:
     images = images[:args.limit]
     labels = None if labels is None else labels[:args.limit]
@@ -88,10 +98,45 @@ def _load(args, need_labels=True):
   return model, images, labels
 
 
+def _check_output(args, output: Path, *inputs: Path) -> None:
+  """Refuses an --output that cannot be written, or that is one of the files the
+  command reads (--data, --labels, the files of a --data directory, and ``inputs``):
+  the output would replace what it was computed from."""
+  from pi_backend import data  # pylint: disable=import-outside-toplevel
+  argtypes.check_writable(output, "model.bnnpi" if args.command == "train" else "logits.npy")
+  for f in (*data.input_files(args.data, args.labels, args.split), *inputs):
+    if _same_file(output, f):
+      raise ValueError(f"--output {output} is {f}, which this command reads; expected "
+                       f"another file")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+  try:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+  except OSError:
+    return False
+
+
+def _write(path: Path, write) -> None:
+  """write(); an OSError (a full disk, ...) names the file. The writes are atomic: the
+  file is replaced whole or not at all (pi_backend/atomic.py)."""
+  try:
+    write()
+  except OSError as e:
+    raise OSError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _infer(args) -> None:
+  import io  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from pi_backend import atomic  # pylint: disable=import-outside-toplevel
+  output = None
   if args.output:
-    argtypes.check_writable(args.output, "logits.npy")
+    argtypes.check_writable(args.output, "logits.npy")  # a directory is refused as such
+    # np.save's name: .npy appended unless there
+    output = args.output if args.output.name.endswith(".npy") else args.output.with_name(
+        args.output.name + ".npy")
+    _check_output(args, output, args.bundle)
   model, images, labels = _load(args, need_labels=False)
   t0 = time.perf_counter()
   logits = model.logits(images, args.batch_size)
@@ -101,9 +146,11 @@ def _infer(args) -> None:
         f"each); predictions of the first {min(10, len(pred))}: {pred[:10].tolist()}")
   if labels is not None:
     print(f"accuracy {np.mean(pred == labels):.4f}")
-  if args.output:
-    np.save(args.output, logits)
-    print(f"logits written to {args.output}")
+  if output is not None:
+    buf = io.BytesIO()
+    np.save(buf, logits)
+    _write(output, lambda: atomic.write_bytes(output, buf.getvalue()))
+    print(f"logits written to {output}")
 
 
 def _eval(args) -> None:
@@ -117,7 +164,7 @@ def _eval(args) -> None:
 def _train(args) -> int:
   from pi_backend import memory  # pylint: disable=import-outside-toplevel
   rss_before = memory.peak_rss_bytes()
-  argtypes.check_writable(args.output or args.bundle, "model.bnnpi")
+  _check_output(args, args.output or args.bundle)
   model, images, labels = _load(args)
   if not model.graph.trainable:
     raise ValueError(f"{args.bundle} is inference-only (trainable=false); export a "
@@ -139,10 +186,22 @@ def _train(args) -> int:
   t0 = time.perf_counter()
   window = []
 
+  def diverged(when, what):
+    o = model.graph.optimizer
+    raise ValueError(f"training diverged {when}: {what}; stopped, {output} not "
+                     f"written (a NaN or infinite state cannot be saved). Check the bundle's "
+                     f"hyperparameters (lr {o.lr}, eps {o.eps}, the batch norms' eps) and "
+                     f"the data")
+
   def progress(done, _, metrics):
     done += first
+    if not math.isfinite(metrics["loss"]):
+      diverged(f"at step {done}/{total}", f"the loss is {metrics['loss']}")
     window.append(metrics)
     if done % max(1, total // 20) == 0 or done == total:
+      bad = model.nonfinite_tensor()  # at the reports: a pass over the state
+      if bad is not None:
+        diverged(f"by step {done}/{total}", f"{bad} holds NaN or infinite values")
       loss = sum(m["loss"] for m in window) / len(window)
       accuracy = sum(m["accuracy"] for m in window) / len(window)
       print(f"step {done}/{total} (training step {model.train_step_count}): loss {loss:.4f} "
@@ -164,7 +223,11 @@ def _train(args) -> int:
                     max_steps=total - first, progress=progress_or_stop)
     except interrupt.Interrupted:
       pass
-  model.save(output)
+  bad = model.nonfinite_tensor()
+  if bad is not None:
+    diverged(f"by training step {model.train_step_count}",
+             f"{bad} holds NaN or infinite values")
+  _write(output, lambda: model.save(output))
   print(f"wrote {output} (training step {model.train_step_count})")
   if watch.signum is not None:
     how = ("run the same command to go on from it" if output == args.bundle else

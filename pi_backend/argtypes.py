@@ -23,6 +23,17 @@ def positive_int(text: str) -> int:
   return v
 
 
+def nonnegative_int(text: str) -> int:
+  """An argparse type: an integer >= 0 (a seed)."""
+  try:
+    v = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+  if v < 0:
+    raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 0")
+  return v
+
+
 def check_writable(path: Path, example: str, flag: str = "--output") -> None:
   """Raises ValueError when the file ``path`` cannot be written: makes its directory
   and a scratch file there, and removes the scratch file."""

@@ -76,7 +76,9 @@ The factored statistics (rows + columns per kernel) and the betas' moments of
 factored_adam are float32, as on the JAX side.
 
 ``read`` / ``decode`` check everything -- length, magic, version, checksum, the JSON
-schema, the layer graph's shapes, tensor names, dtypes, shapes, offsets and values
+schema, the layer graph's shapes, the hyperparameters (eps > 0, 0 < lr <= 1, betas in
+[0, 1): values with which training gives NaN), tensor names, dtypes, shapes, offsets and
+values
 (finite; scales > 0; padding bits 0; packed signs equal to the latent signs) -- and
 raise BundleError naming what is wrong. ``write`` checks the same before it writes,
 then writes atomically (a temporary file in the same directory, fsync, os.replace).

@@ -109,6 +109,16 @@ def _float(where, key, v, lo=None, hi=None, hi_open=False, lo_open=False):
   return float(v)
 
 
+def _positive_float32(where, key, v):
+  """A number in (0, 1] that stays > 0 in float32, the precision the kernels use it in
+  (0, or 1e-50, would divide by zero there)."""
+  v = _float(where, key, v, 0.0, 1.0, lo_open=True)
+  if np.float32(v) == 0:
+    _fail(where, f"{key}={v!r} is 0 in float32; expected a number in (0.0, 1.0] that "
+                 f"float32 can hold (>= {np.finfo(np.float32).smallest_subnormal})")
+  return v
+
+
 def _ints(where, key, v, n=None, lo=1):
   if not isinstance(v, list) or (n is not None and len(v) != n) or not 1 <= len(v) <= 4:
     _fail(where, f"{key}={v!r}; expected a list of {n or '1 to 4'} ints")
@@ -197,7 +207,7 @@ def _layer(i: int, d, in_shape: tuple) -> LayerSpec:
       _fail(where, f"out_shape={list(stated_out)}; expected [height, width, features]")
     out = (*dims, stated_out[2])
   elif kind == "batch_norm":
-    f["eps"] = _float(where, "eps", d["eps"], 0.0, 1.0)
+    f["eps"] = _positive_float32(where, "eps", d["eps"])  # scale = mean|x - mean| + eps
     f["momentum"] = _float(where, "momentum", d["momentum"], 0.0, 1.0)
     out = in_shape
   elif kind == "sign":
@@ -258,10 +268,13 @@ def parse(meta) -> Graph:
     o = _dict("optimizer", meta.get("optimizer"), _OPTIMIZER_KEYS)
     if o["name"] not in OPTIMIZERS:
       _fail("optimizer", f"name={o['name']!r}; expected one of {list(OPTIMIZERS)}")
-    optimizer = Optimizer(name=o["name"], lr=_float("optimizer", "lr", o["lr"], 0.0, lo_open=True),
+    # lr <= 1: an Adam step moves a weight by about lr, and the latent weights live in
+    # [-1, 1] (the clip); eps > 0: Adam divides by sqrt(v) + eps, and v can be 0
+    optimizer = Optimizer(name=o["name"],
+                          lr=_positive_float32("optimizer", "lr", o["lr"]),
                           b1=_float("optimizer", "b1", o["b1"], 0.0, 1.0, hi_open=True),
                           b2=_float("optimizer", "b2", o["b2"], 0.0, 1.0, hi_open=True),
-                          eps=_float("optimizer", "eps", o["eps"], 0.0),
+                          eps=_positive_float32("optimizer", "eps", o["eps"]),
                           count=_int("optimizer", "count", o["count"], 0, 2 ** 62))
   return Graph(input_shape=input_shape, num_classes=num_classes, layers=tuple(layers),
                trainable=trainable, optimizer=optimizer, train_step=train_step, model=model)

@@ -130,16 +130,27 @@ def _int(fn: str, name: str, v, minimum: int | None = None, maximum: int | None 
 
 
 def _float(fn: str, name: str, v, *, lo: float | None = None, hi: float | None = None,
-           hi_open: bool = False) -> float:
+           hi_open: bool = False, lo_open: bool = False) -> float:
   if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
     raise TypeError(f"{fn}: {name}={v!r} must be a real number; got {type(v).__name__}")
-  v = float(v)
-  bad = not np.isfinite(v) or (lo is not None and v < lo) or (
+  try:
+    v = float(v)
+  except OverflowError:  # an int beyond float's range
+    v = math.inf
+  bad = not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (
       hi is not None and (v >= hi if hi_open else v > hi))
   if bad:
-    rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}{')' if hi_open else ']'}"
+    rng = (f"{'(' if lo_open else '['}{'-inf' if lo is None else lo}, "
+           f"{'inf' if hi is None else hi}{')' if hi_open else ']'}")
     raise ValueError(f"{fn}: {name}={v!r}; expected a finite number in {rng}")
   return v
+
+
+def _bool(fn: str, name: str, v) -> bool:
+  """A bool argument: True / False (or NumPy's), not a truthy string or number."""
+  if not isinstance(v, (bool, np.bool_)):
+    raise TypeError(f"{fn}: {name}={v!r} must be a bool; got {type(v).__name__}")
+  return bool(v)
 
 
 def _rows(a: np.ndarray) -> int:
@@ -224,6 +235,8 @@ def set_popcount_impl(impl: str) -> str:
   ``popcount_impls()``; returns the name now in use. ValueError when it is not available
   on this CPU (the choice in use is kept). A process-wide setting (not to be changed
   while a kernel runs)."""
+  if not isinstance(impl, str):
+    raise TypeError(f"set_popcount_impl: impl={impl!r} must be a str, one of {list(_IMPLS)}")
   if impl not in _IMPLS:
     raise ValueError(f"set_popcount_impl: impl={impl!r}; expected one of {list(_IMPLS)}")
   lib = _lib.load()
@@ -262,6 +275,9 @@ def set_float_impl(impl: str) -> str:
   now in use. ValueError when it is not available (the choice in use is kept). A
   process-wide setting (not to be changed while a kernel runs)."""
   lib = _lib.load()
+  if not isinstance(impl, str):
+    raise TypeError(f"set_float_impl: impl={impl!r} must be a str: 'auto', 'portable' or "
+                    f"one of {float_impls()}")
   names = {lib.bnn_float_impl_name_of(code).decode(): code for code in (1, 3, 4)
            if lib.bnn_float_impl_name_of(code)}
   code = {"auto": 0, "portable": 1}.get(impl, names.get(impl))
@@ -377,6 +393,18 @@ def to_uint8(packed: np.ndarray, n: int) -> np.ndarray:
 _GEMM_DTYPES = {np.int32: I32, I32: I32, np.float32: F32, F32: F32}
 
 
+def _output_dtype(fn: str, dtype) -> np.dtype:
+  """int32 or float32 (the objects I32 / F32, which `is` tells apart) from a spelling of
+  either; TypeError naming dtype otherwise."""
+  try:
+    out_dtype = np.dtype(dtype)
+  except (TypeError, ValueError):
+    raise TypeError(f"{fn}: dtype={dtype!r}; expected int32 or float32") from None
+  if out_dtype not in (I32, F32):
+    raise TypeError(f"{fn}: dtype={out_dtype}; expected int32 or float32")
+  return I32 if out_dtype == I32 else F32
+
+
 def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, *, dtype=np.int32,
               out: np.ndarray | None = None) -> np.ndarray:
   """Binary GEMM: a (m, words(k)) and b (n, words(k)) packed +-1 rows of k elements ->
@@ -387,15 +415,12 @@ def xnor_gemm(a: np.ndarray, b: np.ndarray, k: int, *, dtype=np.int32,
   # 200 x 256 . 256 x 256 product takes 35 us, of which these calls took 0.4)
   if not (type(k) is int and 0 <= k < 2**31):
     k = _int(fn, "k", k, 0, 2**31 - 1)
-  out_dtype = _GEMM_DTYPES.get(dtype)  # the lookup saves np.dtype's 0.4 us
+  try:
+    out_dtype = _GEMM_DTYPES.get(dtype)  # the lookup saves np.dtype's 0.4 us
+  except TypeError:  # unhashable: a list, ...
+    out_dtype = None
   if out_dtype is None:
-    try:
-      out_dtype = np.dtype(dtype)
-    except TypeError:
-      raise TypeError(f"{fn}: dtype={dtype!r}; expected int32 or float32") from None
-    if out_dtype not in (I32, F32):
-      raise TypeError(f"{fn}: dtype={out_dtype}; expected int32 or float32")
-    out_dtype = I32 if out_dtype == I32 else F32  # one of the two objects `is` tells apart
+    out_dtype = _output_dtype(fn, dtype)
   wk = -(-k // 64)
   if not (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == U64
           and b.dtype == U64 and a.ndim == 2 and b.ndim == 2
@@ -627,9 +652,7 @@ def binary_conv2d(x_packed: np.ndarray, c_in: int, w_packed: np.ndarray, kernel_
   -> y (batch, oh, ow, c_out), float32 or int32. Zero padding: padded positions add 0."""
   fn = "binary_conv2d"
   c_in = _int(fn, "c_in", c_in, 1)
-  dtype = np.dtype(dtype)
-  if dtype not in (I32, F32):
-    raise TypeError(f"{fn}: dtype={dtype}; expected int32 or float32")
+  dtype = _output_dtype(fn, dtype)
   kh, kw, b, h, w, c_out = _packed_conv_operands(fn, x_packed, c_in, w_packed, kernel_hw)
   args, (oh, ow) = _geometry(fn, b, (h, w), c_in, c_out, (kh, kw), strides, padding)
   out, p_x_packed, p_w_packed, p_out = _out(fn, out, (b, oh, ow, c_out), dtype,
@@ -787,9 +810,9 @@ def batch_norm_l1(x: np.ndarray, beta: np.ndarray, *, eps: float = 1e-5,
   if running_mean is not None:
     _array(fn, "running_mean", running_mean, F32, (c,), writable=True)
     _array(fn, "running_scale", running_scale, F32, (c,), writable=True)
-    for name, a in (("x", x), ("beta", beta)):
-      if np.may_share_memory(running_mean, a) or np.may_share_memory(running_scale, a):
-        raise ValueError(f"{fn}: the running statistics overlap {name}")
+    _check_separate(fn, {"x": x, "beta": beta, "running_mean": running_mean,
+                         "running_scale": running_scale},
+                    written=("running_mean", "running_scale"))
   res = BatchNormForward(np.empty(x.shape, F32), np.empty(c, F32), np.empty(c, F32),
                          np.empty(x.shape[:-1] + (words(c),), U64), np.empty(c, F16),
                          np.empty(c, F16))
@@ -940,6 +963,8 @@ def po2(g: np.ndarray, *, bits: int = 4, bias: int = 8, zeros: str = "flush",
     _array(fn, "out", out, F32, g.shape, writable=True)
     if out is not g and np.may_share_memory(out, g):
       raise ValueError(f"{fn}: out partly overlaps g; pass out=g or a separate array")
+    if random_bits is not None and np.may_share_memory(out, random_bits):
+      raise ValueError(f"{fn}: out overlaps the input random_bits; expected a separate array")
   _call(fn, "bnn_po2", _ptr(g), g.size, bits, bias, int(zeros == "reference"),
         _ptr(random_bits), _ptr(out))
   return out
@@ -992,16 +1017,14 @@ def factored_adam_f16(w: np.ndarray, m: np.ndarray, g: np.ndarray, f1: np.ndarra
   *lead, ni, nj = w.shape
   _array(fn, "m", m, F16, w.shape, what="(w's shape)", writable=True)
   _array(fn, "g", g, F16, w.shape, what="(w's shape)")
-  on_j = [int(bool(f1_on_j)), int(bool(f2_on_j))]
+  on_j = [int(_bool(fn, "f1_on_j", f1_on_j)), int(_bool(fn, "f2_on_j", f2_on_j))]
   for name, f, j in (("f1", f1, on_j[0]), ("f2", f2, on_j[1])):
     _array(fn, name, f, F32, (*lead, nj if j else ni),
            what=f"(w's shape without its {'second-' if j else ''}last axis)")
   _check_separate(fn, {"w": w, "m": m, "g": g, "f1": f1, "f2": f2}, written=("w", "m"))
-  correction, lr, b1 = float(correction), float(lr), float(b1)
-  if not (correction > 0 and math.isfinite(correction) and math.isfinite(lr)
-          and 0 <= b1 < 1):
-    raise ValueError(f"{fn}: correction={correction}, lr={lr}, b1={b1}; expected "
-                     f"correction > 0, a finite lr and 0 <= b1 < 1")
+  correction = _float(fn, "correction", correction, lo=0.0, lo_open=True)
+  lr = _float(fn, "lr", lr)
+  b1 = _float(fn, "b1", b1, lo=0.0, hi=1.0, hi_open=True)
   _call(fn, "bnn_factored_adam_f16", _ptr(w), _ptr(m), _ptr(g), math.prod(lead), ni, nj, _ptr(f1),
         on_j[0], _ptr(f2), on_j[1], b1, float(np.float32(1 - b1)), correction, lr)
 
@@ -1027,7 +1050,7 @@ def sign_scaled_grad(dw: np.ndarray, w: np.ndarray, c: np.float16) -> np.ndarray
   fn = "sign_scaled_grad"
   _array(fn, "dw", dw, F32)
   _array(fn, "w", w, F16, dw.shape, what="(dw's shape)")
-  c16 = _nonnegative_half_bits(fn, "c", c)
+  c16 = _scale_half_bits(fn, "c", c)
   out = np.empty(dw.shape, F16)
   _call(fn, "bnn_sign_scaled_grad", _ptr(dw), _ptr(w), dw.size, c16, _ptr(out))
   return out
@@ -1064,7 +1087,7 @@ def dense_weight_update(x: np.ndarray, dy: np.ndarray, w: np.ndarray, m: np.ndar
   _array(fn, "w", w, F16, (k, n), what="(k, n)", writable=True)
   _array(fn, "m", m, F16, (k, n), what="(k, n), w's shape", writable=True)
   _array(fn, "v", v, F16, (k, n), what="(k, n), w's shape", writable=True)
-  c16 = _nonnegative_half_bits(fn, "c", c)
+  c16 = _scale_half_bits(fn, "c", c)
   step, lr, b1, b2, eps = _adam_hyperparameters(fn, step, lr, b1, b2, eps)
   if dw_scratch is None:
     dw_scratch = np.empty((rb, n), F32)
@@ -1106,12 +1129,20 @@ def _adam_hyperparameters(fn: str, step, lr, b1, b2, eps) -> tuple:
           _float(fn, "b2", b2, lo=0.0, hi=1.0, hi_open=True), _float(fn, "eps", eps, lo=0.0))
 
 
-def _nonnegative_half_bits(fn: str, name: str, c) -> int:
-  """The float16 bits of a scale c, which must round to a non-negative float16."""
-  bits = int(np.float16(c).view(np.uint16))
-  if bits & 0x8000:
-    raise ValueError(f"{fn}: {name}={c!r}; expected a non-negative float16")
-  return bits
+def _scale_half_bits(fn: str, name: str, c) -> int:
+  """The float16 bits of a scale c: a real number that rounds to a finite float16 > 0
+  (None, NaN, an infinity, 0 or a value beyond float16's 65504 would make every
+  gradient NaN, infinite or 0 without an error)."""
+  if type(c) is not np.float16:  # the common case, a float16 from the caller, is exact
+    c = _float(fn, name, c, lo=0.0, lo_open=True)
+    with np.errstate(over="ignore", under="ignore"):
+      c16 = np.float16(c)
+  else:
+    c16 = c
+  if not (np.isfinite(c16) and c16 > 0):
+    raise ValueError(f"{fn}: {name}={c!r} is {c16} as a float16; expected a number that "
+                     f"rounds to a finite float16 > 0 (at most 65504)")
+  return int(c16.view(np.uint16))
 
 
 __all__ = [

@@ -16,6 +16,7 @@ the last binary layer.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,11 @@ from pi_backend import bundle as bundle_lib
 from pi_backend import data
 from pi_backend import kernels as K
 from pi_backend import layers as L
+
+
+def _without_ones(shape) -> tuple:
+  return tuple(d for d in shape if d != 1)
+
 
 class Model:
   """Layers over the tensors of a checked Bundle (shared, updated in place by training)."""
@@ -56,14 +62,24 @@ class Model:
 
   def prepare(self, images: np.ndarray) -> L.Batch:
     """(B, ...) uint8 pixels (scaled to x / 127.5 - 1 where used) or floats in [-1, 1]
-    -> the Batch of the first binary layer (no copy); ValueError when the example size
-    does not match the bundle's input_shape or float images are not finite in [-1, 1]."""
+    -> the Batch of the first binary layer (no copy); ValueError when an example is
+    neither of the bundle's input_shape (axes of size 1 aside: (28, 28) for [28, 28, 1])
+    nor flat, or float images are not finite in [-1, 1]."""
     images = np.asarray(images)
-    size = int(np.prod(self.graph.input_shape))
-    if images.ndim < 1 or int(np.prod(images.shape[1:])) != size:
+    input_shape = tuple(self.graph.input_shape)
+    size = math.prod(input_shape)
+    if images.ndim < 1 or math.prod(images.shape[1:]) != size:
       raise ValueError(f"images have shape {images.shape}; expected (batch, ...) with "
-                       f"{size} values per example (input_shape "
-                       f"{list(self.graph.input_shape)})")
+                       f"{size} values per example (input_shape {list(input_shape)})")
+    example = images.shape[1:]
+    if (len(input_shape) > 1 and example != (size,)
+        and _without_ones(example) != _without_ones(input_shape)):
+      # the same number of values in another layout (NCHW for NHWC, a transposed image)
+      # would be read in the wrong order without an error; a flat input_shape takes any
+      raise ValueError(f"images have shape {images.shape}: examples of shape "
+                       f"{list(example)}, which is neither the bundle's input_shape "
+                       f"{list(input_shape)} (axes of size 1 aside) nor flat [{size}]; "
+                       f"NCHW images need images.transpose(0, 2, 3, 1)")
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
       raise TypeError(f"images have dtype {images.dtype}; expected uint8 pixels or floats "
                       f"in [-1, 1]")
@@ -238,6 +254,10 @@ class Model:
     n = len(images)
     if not 1 <= batch_size <= n:
       raise ValueError(f"batch_size={batch_size}; expected 1 <= batch_size <= {n} examples")
+    # every label and the images' shape and range before the first step, not in the
+    # batch that holds a bad one (after the steps before it)
+    labels = self._labels(labels, n)
+    self.prepare(images)
     rng = np.random.default_rng([self.seed, self.train_step_count, 1])
     steps = n // batch_size
     total = steps * epochs if max_steps is None else min(steps * epochs, max_steps)
@@ -250,6 +270,14 @@ class Model:
         if progress is not None:
           progress(len(history), total, history[-1])
     return history
+
+  def nonfinite_tensor(self) -> str | None:
+    """The name of the first float tensor of the state holding a NaN or an infinity
+    (training diverged), else None. A sum per tensor: no temporary of its size."""
+    for name, a in self.tensors.items():
+      if a.dtype.kind == "f" and not math.isfinite(float(a.sum(dtype=np.float64))):
+        return name
+    return None
 
   # ---- buffers and saving ------------------------------------------------------------------
 

@@ -55,7 +55,6 @@ def batch_norm(x: jax.Array, beta: jax.Array, *, method: str, grad_quantizer=Non
   beta = beta.astype(x.dtype)
   if method == "standard":
     return _standard(x, beta, eps)
-  common.check_key(gq, key, "grad_quantizer")
   return _proposed(gq, eps)(x, beta, key)
 
 
@@ -107,6 +106,7 @@ def _proposed(gq: GradientQuantizer, eps: float):
     return x_hat + beta, mean, scale
 
   def fwd(x, beta, key):
+    common.check_key(gq, key, "grad_quantizer")
     x_hat, mean, scale = _l1_statistics(x, eps)
     # mean |x_hat| = mean |x - mean| / scale, from the statistics: a reduction over
     # x_hat would make XLA keep x_hat, a float tensor, beside the output

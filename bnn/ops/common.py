@@ -46,8 +46,11 @@ def check_not_empty(x: jax.Array, op: str) -> None:
 
 
 def check_key(q: GradientQuantizer, key, what: str) -> None:
+  """Called by the ops' forward rules for differentiation: only a gradient draws from
+  the key, so an evaluation (no gradient taken) needs none."""
   if q.stochastic and key is None:
-    raise ValueError(f"{what}={q.spec()} rounds stochastically and needs a PRNG `key`")
+    raise ValueError(f"{what}={q.spec()} rounds stochastically and needs a PRNG `key` "
+                     f"to take gradients")
 
 
 def tie(x: jax.Array, *deps: jax.Array) -> jax.Array:

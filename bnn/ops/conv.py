@@ -57,7 +57,6 @@ def binary_conv(x: jax.Array, w: jax.Array, *, method: str, strides=1, padding="
   fq = weight_quantizer_for(weight_quantizer, method, "binary_conv")
   if method == "standard":
     return _conv(x, fq(w).astype(x.dtype), strides, pads)
-  common.check_key(gq, key, "grad_quantizer")
   common.check_not_empty(x, "binary_conv")
   return _proposed(bool(first_layer), strides, pads, gq, wq, fq)(x, w, key)
 
@@ -77,6 +76,7 @@ def _proposed(first_layer: bool, strides: tuple[int, int], pads: Pads,
     return conv(x, binary_weights(fq, common.tie(w, x), x.dtype))  # formed when x is
 
   def fwd(x, w, key):
+    common.check_key(gq, key, "grad_quantizer")
     kept = x if first_layer else pack(x)
     return binary(x, w, key), (kept, w, key)
 

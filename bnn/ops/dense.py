@@ -54,7 +54,6 @@ def binary_dense(x: jax.Array, w: jax.Array, *, method: str, first_layer: bool =
   fq = weight_quantizer_for(weight_quantizer, method, "binary_dense")
   if method == "standard":
     return x @ fq(w).astype(x.dtype)
-  common.check_key(gq, key, "grad_quantizer")
   common.check_not_empty(x, "binary_dense")
   return _proposed(bool(first_layer), gq, wq, fq)(x, w, key)
 
@@ -99,6 +98,7 @@ def _proposed(first_layer: bool, gq: GradientQuantizer, wq: GradientQuantizer,
     return x @ binary_weights(fq, common.tie(w, x), x.dtype)  # formed when x is
 
   def fwd(x, w, key):
+    common.check_key(gq, key, "grad_quantizer")
     kept = x if first_layer else pack(x)
     return dense(x, w, key), (kept, w, key)
 

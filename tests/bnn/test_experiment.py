@@ -166,6 +166,9 @@ def test_bad_override_fails_before_compiling(tmp_path, override, message):
     ("configs/no_such.py", "error: --config configs/no_such.py: no such file in "),
     ("configs/fashion_mnist_mlp.py:bogus", "error: --config=configs/fashion_mnist_mlp.py:bogus: "
                                            "ValueError: unknown config variant 'bogus'"),
+    ("README.md", "error: --config README.md: not a Python config file (line "),
+    ("configs/common.py", "error: --config configs/common.py: defines no get_config(); the "
+                          "configs: "),
 ])
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path, config, message):
   """A mistyped config path or variant: the message, not absl's traceback."""
@@ -176,7 +179,7 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, config, message)
   assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
   assert proc.stderr.replace("--config ", "--config=").startswith(
       message.replace("--config ", "--config=")), proc.stderr
-  if "no such file" in message:  # and where the configs are
+  if "no such file" in message or "config file" in message or "get_config" in message:  # lists
     assert "configs/fashion_mnist_mlp.py" in proc.stderr
     assert "configs/sweeps/fashion_mnist_po2.py" in proc.stderr
   assert not (tmp_path / "w").exists()
@@ -235,7 +238,21 @@ def test_nothing_to_read_is_a_one_line_error_that_creates_no_directory(tmp_path,
   assert message in out and "Traceback" not in out, out
   assert not workdir.exists()
   if mode != "import":
-    assert "train first: python main.py --mode train" in out
+    assert "train first: the same --config and --workdir" in out  # not the default config
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--workdir="], "--workdir is empty"),
+    (["--mode=eval", "--which=latest"], "--which is for --mode export; --mode eval does not"),
+    (["--mode=train", "--bundle=m.bnnpi"], "--bundle is for --mode export and import; --mode "
+                                           "train does not read it"),
+])
+def test_a_flag_the_mode_does_not_read_is_refused(tmp_path, args, message):
+  """Not silently ignored (an empty --workdir used to mean the default workdir)."""
+  proc = subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'w'}", *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("given,meant", [
@@ -326,9 +343,10 @@ def test_saved_config_with_overrides(tmp_path):
   saved = experiment.saved_config(tmp_path, {"eval_batch_size": 7, "optimizer.lr": 0.5})
   config.eval_batch_size, config.optimizer.lr = 7, 0.5
   assert saved.to_json() == config.to_json()
-  (tmp_path / "config.json").write_text("{not json")
-  with pytest.raises(checkpoints.CheckpointReadError, match="is not a config.json"):
-    experiment.saved_config(tmp_path)
+  for damaged in (b"{not json", b"\xff", b"[1, 2]"):
+    (tmp_path / "config.json").write_bytes(damaged)
+    with pytest.raises(checkpoints.CheckpointReadError, match="is not a config.json"):
+      experiment.saved_config(tmp_path)
 
 
 @pytest.mark.slow

@@ -428,3 +428,55 @@ def test_export_of_a_best_checkpoint_a_run_does_not_have_says_why(tmp_path):
       f"the run has none (no validation split, config.dataset.validation_size=0, or no "
       f"epoch ended yet); --which latest exports its newest checkpoint, step 3"), out[-2000:]
   assert "Traceback" not in out and "cannot schedule" not in out, out[-3000:]
+
+
+def _saved_workdir(tmp_path, config):
+  from bnn import experiment
+  exp = experiment.Experiment(config, tmp_path / "w")
+  with contextlib.closing(exp.checkpoints()) as manager:
+    ckpt.save(manager, 3, exp.initial_state(), force=True)
+    manager.wait_until_finished()
+  return exp
+
+
+def test_readers_leave_a_checkpoint_being_written_alone(tmp_path):
+  """export (and eval) may run while a training run writes a checkpoint into the same
+  workdir: only a writer removes half-written checkpoints (an export used to delete the
+  training run's, which then failed)."""
+  config = fashion_mnist_mlp.get_config("quick")
+  exp = _saved_workdir(tmp_path, config)
+  being_written = exp.workdir / "checkpoints" / "5.orbax-checkpoint-tmp-1234"
+  being_written.mkdir()
+  (being_written / "part").write_text("")
+  export.export(config, exp.workdir, tmp_path / "m.bnnpi")
+  with contextlib.closing(exp.checkpoints(read_only=True)) as manager:
+    assert manager.latest_step() == 3
+  assert (being_written / "part").exists()
+  with contextlib.closing(exp.checkpoints()):  # a writer (training) cleans up
+    pass
+  assert not being_written.exists()
+
+
+def test_export_replaces_only_a_bundle(tmp_path):
+  config = fashion_mnist_mlp.get_config("quick")
+  exp = _saved_workdir(tmp_path, config)
+  (exp.workdir / "config.json").write_text(config.to_json_best_effort())
+  before = (exp.workdir / "config.json").read_bytes()
+  with pytest.raises(export.ExportError, match="exists and is not a bundle"):
+    export.export(config, exp.workdir, exp.workdir / "config.json")
+  assert (exp.workdir / "config.json").read_bytes() == before
+  with pytest.raises(export.ExportError, match="is a directory"):
+    export.export(config, exp.workdir, tmp_path)
+  path = export.export(config, exp.workdir, tmp_path / "m.bnnpi")
+  export.export(config, exp.workdir, path)  # an earlier bundle is replaced
+  assert bundle.read(path).metadata["source"]["step"] == 3
+
+
+def test_import_refuses_a_bundle_of_another_dataset(tmp_path):
+  from configs import mnist_mlp
+  exp = _saved_workdir(tmp_path, fashion_mnist_mlp.get_config("quick"))
+  path = export.export(exp.config, exp.workdir, tmp_path / "m.bnnpi")
+  with pytest.raises(export.ExportError, match="trained on 'fashion_mnist'; the config "
+                                               "trains on 'mnist'"):
+    export.import_bundle(mnist_mlp.get_config("quick"), path, tmp_path / "other")
+  assert not (tmp_path / "other" / "checkpoints").exists()

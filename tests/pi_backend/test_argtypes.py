@@ -20,6 +20,13 @@ def test_positive_int_refuses(text, message):
     argtypes.positive_int(text)
 
 
+def test_nonnegative_int():
+  assert argtypes.nonnegative_int("0") == 0 and argtypes.nonnegative_int("7") == 7
+  for text, message in (("-1", "-1; expected an integer >= 0"), ("x", "'x' is not an integer")):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+      argtypes.nonnegative_int(text)
+
+
 def test_writable_paths_are_accepted_and_their_directory_made(tmp_path):
   argtypes.check_writable(tmp_path / "new" / "dir" / "out.md", "out.md")
   assert (tmp_path / "new" / "dir").is_dir() and os.listdir(tmp_path / "new" / "dir") == []

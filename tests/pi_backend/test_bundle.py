@@ -178,6 +178,18 @@ def _set_layer(i, key, value):
     (lambda m: m.update(input_shape=[8, 8, 2]), "in_shape=\\[128\\]|contradicts"),
     (lambda m: m.update(trainable="yes"), "trainable='yes'"),
     (lambda m: m["optimizer"].update(lr=-1), r"lr=-1; expected a finite number in \(0"),
+    # hyperparameters with which training gives NaN (found only when saving, before)
+    (_set_layer(2, "eps", 0.0), r"layer 2 \(batch_norm\): eps=0.0; expected a finite number "
+                                r"in \(0.0, 1.0\]"),
+    (_set_layer(2, "eps", 1e-50), r"eps=1e-50 is 0 in float32"),
+    (lambda m: m["optimizer"].update(eps=0.0), r"optimizer: eps=0.0; expected a finite number "
+                                               r"in \(0.0, 1.0\]"),
+    (lambda m: m["optimizer"].update(lr=1e30), r"optimizer: lr=1e\+30; expected a finite "
+                                               r"number in \(0.0, 1.0\]"),
+    (lambda m: m["optimizer"].update(lr=0), r"lr=0; expected a finite number in \(0"),
+    (lambda m: m["optimizer"].update(b2=1.0), r"b2=1.0; expected a finite number in "
+                                              r"\[0.0, 1.0\)"),
+    (lambda m: m["optimizer"].update(b1=-0.1), r"b1=-0.1; expected"),
     (lambda m: m["optimizer"].update(name="sgd"),
      r"name='sgd'; expected one of \['adam', 'factored_adam'\]"),
     (lambda m: m.pop("optimizer"), "optimizer: expected a JSON object"),

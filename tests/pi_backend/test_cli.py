@@ -33,6 +33,11 @@ def files(tmp_path_factory):
   rng = np.random.default_rng(0)
   np.savez(d / "data.npz", images=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
            labels=rng.integers(0, 10, 60))
+  labels = rng.integers(0, 10, 60)
+  labels[-1] = 12  # in the last batch: found before the first step, not after the others
+  np.savez(d / "bad-labels.npz", images=rng.integers(0, 256, (60, 8, 8), dtype=np.uint8),
+           labels=labels)
+  (d / "a-directory").mkdir()
   return d
 
 
@@ -63,6 +68,63 @@ def test_train_writes_the_bundle_back(files, tmp_path):
   _run("train", "--bundle", copy, "--data", files / "data.npz", "--batch-size", "20",
        "--steps", "2")
   assert Model.load(copy).train_step_count == 8
+
+
+def test_infer_writes_its_logits_atomically_to_the_path_it_prints(files, tmp_path, capsys,
+                                                                   monkeypatch):
+  """np.save appends .npy: the message names that file. A failed write (a full disk)
+  leaves the previous logits whole and names the file."""
+  from pi_backend import __main__ as cli  # in-process, to fail the write
+  from pi_backend import atomic
+  args = ["infer", "--bundle", str(files / "m.bnnpi"), "--data", str(files / "data.npz"),
+          "--output", str(tmp_path / "x" / "logits")]
+  assert cli.main(args) == 0
+  assert f"logits written to {tmp_path / 'x' / 'logits.npy'}\n" in capsys.readouterr().out
+  assert os.listdir(tmp_path / "x") == ["logits.npy"]
+  before = (tmp_path / "x" / "logits.npy").read_bytes()
+
+  def full_disk(*_):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(atomic.os, "fsync", full_disk)
+  assert cli.main(args[:-1] + [str(tmp_path / "x" / "logits.npy")]) == 1
+  err = capsys.readouterr().err
+  assert (f"infer: error: cannot write {tmp_path / 'x' / 'logits.npy'}: No space left on "
+          f"device") in err, err
+  assert (tmp_path / "x" / "logits.npy").read_bytes() == before
+  assert os.listdir(tmp_path / "x") == ["logits.npy"]  # no temporary file left
+
+
+@pytest.mark.parametrize("where", ["loss", "state"])
+def test_training_that_diverges_stops_and_writes_nothing(files, tmp_path, capsys, monkeypatch,
+                                                         where):
+  """A NaN loss stops training at that step; a NaN in the state (which the loss may not
+  show: signs of NaN weights are -1) at the next report or before the save. Exit 1, the
+  output untouched: a state with NaN cannot be saved."""
+  from pi_backend import __main__ as cli  # in-process, to break a step
+  step = Model.train_step
+
+  def breaking_step(self, images, labels, **kw):
+    metrics = step(self, images, labels, **kw)
+    if self.train_step_count == 3:
+      self.tensors["params/BinaryDense_0/kernel"][0, 0] = np.nan
+      if where == "loss":
+        metrics["loss"] = float("nan")
+    return metrics
+
+  monkeypatch.setattr(Model, "train_step", breaking_step)
+  out = tmp_path / "out.bnnpi"
+  out.write_bytes(b"previous")
+  code = cli.main(["train", "--bundle", str(files / "m.bnnpi"), "--data",
+                   str(files / "data.npz"), "--batch-size", "10", "--epochs", "3",
+                   "--output", str(out)])
+  captured = capsys.readouterr()
+  assert code == 1
+  what = ("at step 3/18: the loss is nan" if where == "loss" else
+          "by step 3/18: params/BinaryDense_0/kernel holds NaN or infinite values")
+  assert f"train: error: training diverged {what}; stopped, {out} not written" in captured.err
+  assert "step 4/18" not in captured.out and "wrote" not in captured.out
+  assert out.read_bytes() == b"previous"
 
 
 def test_paths_with_a_tilde_are_expanded(files, tmp_path):
@@ -150,6 +212,17 @@ def test_bench_with_a_bundle(files):
       "--output", "/proc/x.bnnpi"), "--output /proc/x.bnnpi: cannot write in /proc: "),
     (("infer", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--output", "/proc/l.npy"),
      "--output /proc/l.npy: cannot write in /proc: "),
+    # an --output that is an input would destroy it
+    (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--batch-size", "20",
+      "--output", "{d}/../{d.name}/data.npz"), "is {d}/data.npz, which this command reads"),
+    (("eval", "--bundle", "{d}/a-directory", "--data", "{d}/data.npz"),
+     "--bundle {d}/a-directory: is a directory; expected a bundle file"),
+    (("eval", "--bundle", "{d}/m.bnnpi", "--data", "{d}/data.npz", "--labels", "{d}/x"),
+     "labels files go with an IDX images file; {d}/data.npz is an .npz archive"),
+    (("train", "--bundle", "{d}/m.bnnpi", "--data", "{d}/bad-labels.npz", "--batch-size", "20",
+      "--output", "{d}/never.bnnpi"),
+     "{d}/bad-labels.npz: labels range over [0, 12]; expected class indices in [0, 9] (the "
+     "model has 10 classes)"),
 ])
 def test_errors(files, args, message):
   before = (files / "m.bnnpi").read_bytes()
@@ -165,6 +238,8 @@ def test_errors(files, args, message):
     (("fly",), "invalid choice"),
     (("eval", "--data", "x.npz"), "--bundle"),
     (("train", "--bundle", "m", "--data", "d", "--epochs", "0"), "expected an integer >= 1"),
+    (("train", "--bundle", "m", "--data", "d", "--seed", "-1"),
+     "argument --seed: -1; expected an integer >= 0"),
 ])
 def test_bad_arguments(args, message):
   proc = _run(*args, check=False)

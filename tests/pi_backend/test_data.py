@@ -107,3 +107,123 @@ def test_float_images_outside_minus_one_one_are_refused(tmp_path, arrays, bad, s
   np.savez(tmp_path / "bad.npz", images=floats, labels=labels)
   with pytest.raises(data.DataError, match=rf"bad.npz: float images range over {shown}"):
     data.load(tmp_path / "bad.npz")
+
+
+def test_a_directory_where_a_file_is_expected(tmp_path, arrays):
+  """--labels naming a directory, or a --data directory whose member is one: a clear
+  error, not an UnboundLocalError from the reader."""
+  images, labels = arrays
+  (tmp_path / "imgs.idx").write_bytes(_idx(images, 0x08))
+  (tmp_path / "labels-dir").mkdir()
+  with pytest.raises(data.DataError, match=r"labels-dir: is a directory; expected an IDX file"):
+    data.load(tmp_path / "imgs.idx", labels=tmp_path / "labels-dir")
+  d = tmp_path / "mnist"
+  (d / "t10k-images-idx3-ubyte").mkdir(parents=True)
+  (d / "t10k-labels-idx1-ubyte").write_bytes(_idx(labels, 0x08))
+  with pytest.raises(data.DataError, match=r"t10k-images-idx3-ubyte: is a directory; "
+                                           r"expected an IDX file"):
+    data.load(d)
+
+
+def _corrupt_npz(path, how):
+  good = path.with_name("good.npz")
+  rng = np.random.default_rng(0)
+  np.savez(good, images=rng.integers(0, 256, (50, 8, 8), dtype=np.uint8),
+           labels=rng.integers(0, 10, 50))
+  raw = good.read_bytes()
+  if how == "truncated":
+    path.write_bytes(raw[:len(raw) // 2])
+  elif how == "flipped":  # a byte of images.npy's data: the zip's CRC-32 catches it
+    b = bytearray(raw)
+    b[1000] ^= 0xFF
+    path.write_bytes(bytes(b))
+  elif how == "not-npy":
+    import zipfile  # pylint: disable=import-outside-toplevel
+    with zipfile.ZipFile(path, "w") as z:
+      z.writestr("images.npy", b"not the NumPy format")
+      z.writestr("labels.npy", b"nor this")
+  elif how == "npy":
+    np.save(path.with_suffix(".npy"), np.zeros(3))
+    path.with_suffix(".npy").rename(path)
+
+
+@pytest.mark.parametrize("how,message", [
+    ("truncated", r"not a readable .npz archive, corrupt or truncated \(BadZipFile"),
+    ("flipped", r"not a readable .npz archive, corrupt or truncated \(BadZipFile: Bad CRC-32"),
+    ("not-npy", r"the member images.npy is not in NumPy's .npy format"),
+    ("npy", r"a single .npy array, not an .npz archive"),
+])
+def test_corrupt_npz_is_a_data_error_naming_the_file(tmp_path, how, message):
+  path = tmp_path / "bad.npz"
+  _corrupt_npz(path, how)
+  with pytest.raises(data.DataError, match=rf"{path}: {message}"):
+    data.load(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_sizes_are_checked_against_the_file_before_allocating(tmp_path, gz):
+  """A header claiming 2**93 bytes (or 2**50 in a gzip file of 32 bytes) is refused by
+  its sizes, naming the file, not by a MemoryError or NumPy's "array is too big"."""
+  header = bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2 ** 31, 2 ** 31, 2 ** 31)
+  path = tmp_path / "huge-images-idx3-ubyte"
+  path.write_bytes(gzip.compress(header + b"\0" * 10) if gz else header + b"\0" * 10)
+  message = ("more than a gzip file of .* bytes can hold" if gz
+             else r"\(9903520314283042199192993808 bytes\), the file has 26 bytes")
+  with pytest.raises(data.DataError, match=rf"{path}: the header says shape "
+                                           rf"\(2147483648, 2147483648, 2147483648\) of uint8 "
+                                           rf".*{message}"):
+    data.read_idx(path)
+  path.write_bytes(bytes([0, 0, 0x08, 200]) + b"\0" * 800)  # NumPy's limit is 32 or 64 axes
+  with pytest.raises(data.DataError, match=rf"{path}: the IDX header says 200 axes; expected "
+                                           rf"at most 32"):
+    data.read_idx(path)
+
+
+def test_labels_are_checked_against_the_classes_naming_the_file(tmp_path, arrays):
+  images, labels = arrays
+  (tmp_path / "imgs.idx").write_bytes(_idx(images, 0x08))
+  (tmp_path / "labs.idx").write_bytes(_idx(labels, 0x08))
+  x, y = data.load(tmp_path / "imgs.idx", tmp_path / "labs.idx", num_classes=10)
+  np.testing.assert_array_equal(y, labels)
+  with pytest.raises(data.DataError, match=rf"{tmp_path / 'labs.idx'}: labels range over "
+                                           rf"\[{labels.min()}, {labels.max()}\]; expected "
+                                           rf"class indices in \[0, 2\] \(the model has 3 "
+                                           rf"classes\)"):
+    data.load(tmp_path / "imgs.idx", tmp_path / "labs.idx", num_classes=3)
+  # uint64 labels >= 2**63 are reported as what they are (the int64 cast wrapped them)
+  big = np.zeros(7, np.uint64)
+  big[4] = 2 ** 64 - 1
+  np.savez(tmp_path / "big.npz", images=images, labels=big)
+  with pytest.raises(data.DataError, match=r"big.npz: labels range over "
+                                           r"\[0, 18446744073709551615\]"):
+    data.load(tmp_path / "big.npz")
+  np.savez(tmp_path / "neg.npz", images=images, labels=-labels.astype(np.int64) - 1)
+  with pytest.raises(data.DataError, match=r"neg.npz: labels range over \[-"):
+    data.load(tmp_path / "neg.npz")
+
+
+def test_labels_file_with_npz_or_directory_data_is_refused(tmp_path, arrays):
+  """--labels goes with an IDX images file; the other forms hold their labels, and a
+  --labels silently ignored would give results for labels other than the user's."""
+  images, labels = arrays
+  np.savez(tmp_path / "d.npz", images=images, labels=labels)
+  (tmp_path / "labs.idx").write_bytes(_idx(labels, 0x08))
+  with pytest.raises(data.DataError, match=r"--labels .*labs.idx: labels files go with an "
+                                           r"IDX images file; .*d.npz is an .npz archive"):
+    data.load(tmp_path / "d.npz", tmp_path / "labs.idx")
+  with pytest.raises(data.DataError, match=r"is a directory, which holds its labels"):
+    data.load(tmp_path, tmp_path / "labs.idx")
+
+
+def test_input_files(tmp_path, arrays):
+  images, labels = arrays
+  for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    (tmp_path / name).write_bytes(b"")
+  assert data.input_files(tmp_path) == [tmp_path / "t10k-images-idx3-ubyte",
+                                        tmp_path / "t10k-labels-idx1-ubyte"]
+  assert data.input_files(tmp_path, split="train") == []
+  assert data.input_files(tmp_path / "d.npz") == [tmp_path / "d.npz"]
+  assert data.input_files(tmp_path / "a-images.idx") == [tmp_path / "a-images.idx",
+                                                         tmp_path / "a-labels.idx"]
+  assert data.input_files(tmp_path / "x", tmp_path / "y") == [tmp_path / "x", tmp_path / "y"]
+  assert data.input_files(tmp_path / "x") == [tmp_path / "x"]

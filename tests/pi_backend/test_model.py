@@ -222,3 +222,41 @@ def test_folded_evaluation_gives_the_same_logits(name):
   assert not model._threshold_cache
   slow = model.logits(images, fold=False)
   np.testing.assert_array_equal(model.logits(images, fold=True), slow)
+
+
+def test_examples_of_another_layout_are_refused():
+  """NCHW images of an NHWC model have the right number of values in the wrong order:
+  refused, naming both shapes. Axes of size 1 do not matter, nor does a flat input."""
+  model = _model("cnv")  # input_shape [12, 12, 3]
+  images = _images((12, 12, 3), n=4)
+  with pytest.raises(ValueError, match=r"examples of shape \[3, 12, 12\], which is neither "
+                                       r"the bundle's input_shape \[12, 12, 3\] .* nor flat "
+                                       r"\[432\]"):
+    model.logits(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  want = model.logits(images)
+  np.testing.assert_array_equal(model.logits(images.reshape(4, -1)), want)
+  np.testing.assert_array_equal(model.logits(images.reshape(4, 1, 12, 12, 3)), want)
+  mlp = _model("mlp")  # input_shape [8, 8, 1]: MNIST-like IDX files are (N, 8, 8)
+  np.testing.assert_array_equal(mlp.logits(_images((8, 8), n=4)),
+                                mlp.logits(_images((8, 8, 1), n=4)))
+
+
+def test_train_checks_every_label_before_the_first_step():
+  """A label out of range in the last batch fails before any step, not after the others."""
+  model = _model()
+  before = [a.copy() for a in model.state_arrays()]
+  labels = np.arange(40) % 10
+  labels[-1] = 10
+  with pytest.raises(ValueError, match=r"labels range over \[0, 10\]; expected classes in "
+                                       r"\[0, 9\]"):
+    model.train(_images((8, 8, 1), n=40), labels, batch_size=10, shuffle=False)
+  assert model.train_step_count == 0
+  for a, b in zip(model.state_arrays(), before):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nonfinite_tensor_names_the_first_tensor_with_nan_or_inf():
+  model = _model()
+  assert model.nonfinite_tensor() is None
+  model.tensors["adam_v/BinaryDense_1/kernel"][2, 3] = np.inf
+  assert model.nonfinite_tensor() == "adam_v/BinaryDense_1/kernel"

@@ -176,3 +176,70 @@ def test_errors_reported_by_c_become_exceptions():
                                         r"rejected its arguments: packed weights have nonzero "
                                         r"padding bits"):
     K.binary_conv2d(np.zeros((1, 4, 4, 1), u64), 3, w, (3, 3))
+
+
+@pytest.mark.parametrize("c,error,message", [
+    (None, TypeError, r"c=None must be a real number; got NoneType"),
+    ("0.1", TypeError, r"c='0.1' must be a real number"),
+    (float("nan"), ValueError, r"c=nan; expected a finite number in \(0.0, inf\]"),
+    (float("inf"), ValueError, r"c=inf; expected a finite number"),
+    (np.float16(np.inf), ValueError, r"c=.* is inf as a float16; expected a number that rounds to "
+                                     r"a finite float16 > 0"),
+    (1e6, ValueError, r"c=1000000.0 is inf as a float16; expected"),
+    (0.0, ValueError, r"c=0.0; expected a finite number in \(0.0, inf\]"),
+    (np.float16(0.0), ValueError, r"c=.* is 0.0 as a float16"),
+    (1e-9, ValueError, r"c=1e-09 is 0.0 as a float16"),
+    (np.float16(-0.5), ValueError, r"c=.* is -0.5 as a float16"),
+])
+def test_sign_scaled_scale_c_is_checked(c, error, message):
+  """A bad scale would make every weight gradient NaN, infinite or 0 without an error."""
+  dw, w = _x(2, 3), np.zeros((2, 3), np.float16)
+  with pytest.raises(error, match=rf"sign_scaled_grad: {message}"):
+    K.sign_scaled_grad(dw, w, c)
+  x, dy = _x(4, 2), _x(4, 3)
+  state = [np.zeros((2, 3), np.float16) for _ in range(3)]
+  with pytest.raises(error, match=rf"dense_weight_update: {message}"):
+    K.dense_weight_update(x, dy, *state, k=2, rows=2, c=c, step=1)
+  assert K.sign_scaled_grad(dw, w, 0.25)[0, 0] == np.float16(0.25)  # a Python float is fine
+
+
+def test_every_written_array_is_checked_against_every_other():
+  x, beta = _x(2, 4), _x(4)
+  r = np.ones(4, f32)
+  with pytest.raises(ValueError, match=r"batch_norm_l1: running_mean and running_scale "
+                                       r"overlap; expected separate arrays"):
+    K.batch_norm_l1(x, beta, running_mean=r, running_scale=r)
+  buf = np.ones(6, f32)
+  with pytest.raises(ValueError, match=r"running_mean and running_scale overlap"):
+    K.batch_norm_l1(x, beta, running_mean=buf[:4], running_scale=buf[2:])
+  with pytest.raises(ValueError, match=r"x and running_scale overlap"):
+    K.batch_norm_l1(x, beta, running_mean=_x(4), running_scale=x[1])
+  bits = np.zeros(3, np.uint32)
+  with pytest.raises(ValueError, match=r"po2: out overlaps the input random_bits"):
+    K.po2(_x(3), random_bits=bits, out=bits.view(f32))
+
+
+def test_arguments_of_the_wrong_type_are_named():
+  a = np.zeros((2, 1), u64)
+  with pytest.raises(TypeError, match=r"xnor_gemm: dtype=\[1\]; expected int32 or float32"):
+    K.xnor_gemm(a, a, 5, dtype=[1])
+  with pytest.raises(TypeError, match=r"binary_conv2d: dtype=\[1\]; expected int32 or float32"):
+    K.binary_conv2d(np.zeros((1, 5, 5, 1), u64), 3, np.zeros((2, 9), u64), (3, 3), dtype=[1])
+  with pytest.raises(TypeError, match=r"set_popcount_impl: impl=\['portable'\] must be a str"):
+    K.set_popcount_impl(["portable"])
+  with pytest.raises(TypeError, match=r"set_float_impl: impl=\['portable'\] must be a str"):
+    K.set_float_impl(["portable"])
+  w, m, g = (np.zeros((4, 6), np.float16) for _ in range(3))
+  rows, cols = np.ones(6, f32), np.ones(4, f32)
+  kw = dict(b1=0.9, correction=0.1, lr=1e-3)
+  for name, value, message in (("lr", "x", r"lr='x' must be a real number; got str"),
+                               ("b1", None, r"b1=None must be a real number; got NoneType"),
+                               ("correction", float("nan"), r"correction=nan; expected a finite "
+                                                            r"number in \(0.0, inf\]")):
+    with pytest.raises((TypeError, ValueError), match=rf"factored_adam_f16: {message}"):
+      K.factored_adam_f16(w, m, g, rows, True, cols, False, **{**kw, name: value})
+  with pytest.raises(TypeError, match=r"factored_adam_f16: f1_on_j='False' must be a bool"):
+    K.factored_adam_f16(w, m, g, rows, "False", cols, False, **kw)
+  with pytest.raises(TypeError, match=r"factored_adam_f16: f2_on_j=0 must be a bool"):
+    K.factored_adam_f16(w, m, g, rows, True, cols, 0, **kw)
+  K.factored_adam_f16(w, m, g, rows, np.True_, cols, np.False_, **kw)  # NumPy's bools are

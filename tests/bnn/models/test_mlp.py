@@ -47,3 +47,25 @@ def test_mlp_learns_digits(method):
   accuracy = digits.train_and_evaluate(method, epochs=40, seed=0)
   print(f"{method}: digits test accuracy {accuracy:.4f}")
   assert accuracy > 0.85
+
+
+def test_stochastic_gradient_rounding_needs_a_key_only_for_gradients():
+  """Evaluation takes no gradient: it runs without the "gradient" RNG stream (it used
+  to fail at the first evaluation of a run with stochastic rounding)."""
+  q = "po2(bits=4, bias=8, rounding='stochastic')"
+  model = MLP(hidden=(32,), grad_quantizer=q, bn_grad_quantizer=q)
+  x = jax.random.uniform(jax.random.key(0), (8, 784), minval=-1, maxval=1)
+  labels = jnp.arange(8) % 10
+  variables = model.init(jax.random.key(1), x, train=False)
+  logits = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(logits, MLP(hidden=(32,)).apply(variables, x, train=False))
+
+  def loss(params, rngs):
+    (_, loss), _ = model.apply({**variables, "params": params}, x, labels, train=True,
+                               mutable=["batch_stats"], rngs=rngs)
+    return loss
+
+  grads = jax.grad(loss)(variables["params"], {"gradient": jax.random.key(2)})
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+  with pytest.raises(ValueError, match="needs a PRNG `key` to take gradients"):
+    jax.grad(loss)(variables["params"], {})

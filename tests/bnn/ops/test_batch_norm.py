@@ -216,8 +216,10 @@ def test_stochastic_gradient_quantizer_needs_and_uses_a_key():
   q = quantizers.get("po2(rounding='stochastic')", "gradient")
   assert q.stochastic
   x, beta, dy = _data((9, 17))
+  y = batch_norm(x, beta, method="proposed", grad_quantizer=q)[0]  # no gradient: no key
+  np.testing.assert_array_equal(y, batch_norm(x, beta, method="proposed")[0])
   with pytest.raises(ValueError, match="needs a PRNG `key`"):
-    batch_norm(x, beta, method="proposed", grad_quantizer=q)
+    jax.vjp(lambda x: batch_norm(x, beta, method="proposed", grad_quantizer=q)[0], x)
 
   @jax.jit
   def dx(key):
