@@ -12,26 +12,24 @@ def path(text: str) -> Path:
   return Path(text).expanduser()
 
 
-def positive_int(text: str) -> int:
-  """An argparse type: an integer >= 1."""
+def _int_at_least(text: str, minimum: int) -> int:
   try:
     v = int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if v < 1:
-    raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 1")
+  if v < minimum:
+    raise argparse.ArgumentTypeError(f"{v}; expected an integer >= {minimum}")
   return v
+
+
+def positive_int(text: str) -> int:
+  """An argparse type: an integer >= 1."""
+  return _int_at_least(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
   """An argparse type: an integer >= 0 (a seed)."""
-  try:
-    v = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-  if v < 0:
-    raise argparse.ArgumentTypeError(f"{v}; expected an integer >= 0")
-  return v
+  return _int_at_least(text, 0)
 
 
 def check_writable(path: Path, example: str, flag: str = "--output") -> None:
