@@ -39,17 +39,9 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                     opt_state=tx.init(params), rng=rng, monitor=jnp.ones((), jnp.float32))
 
 
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 pixels -> [-1, 1]; floats pass through (already scaled)."""
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) * (1 / 127.5) - 1
-  return images
-
-
 def loss_fn(model: nn.Module, params, batch_stats, images, labels, rng):
   """Mean cross-entropy in training mode; returns (loss, (logits, new batch_stats)).
-  images: uint8 pixels (scaled here, inside the jitted step) or floats in [-1, 1]."""
-  images = to_float(images)
+  images: uint8 pixels (the model scales them: bnn.ops.to_float) or floats in [-1, 1]."""
   (logits, loss), updates = model.apply(
       {"params": params, "batch_stats": batch_stats}, images, labels, train=True,
       mutable=["batch_stats"], rngs={"gradient": rng})
@@ -93,7 +85,7 @@ def make_eval_step(model: nn.Module, plan=None) -> Callable:
 
   def evaluate(state: TrainState, images, labels):
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         to_float(images), train=False)
+                         images, train=False)
     valid = labels >= 0
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
     return {"loss_sum": jnp.sum(jnp.where(valid, loss, 0.0)),

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from bnn import layers
+from bnn import layers, ops
 
 
 class ConvNet(nn.Module):
@@ -25,10 +25,11 @@ class ConvNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, labels=None, *, train: bool):
-    """x: (B, H, W, C) floats in [-1, 1]. Returns logits, or (logits, loss) given labels."""
+    """x: (B, H, W, C) uint8 pixels or floats in [-1, 1]. Returns logits, or (logits,
+    loss) given labels."""
     quant = dict(method=self.method, grad_quantizer=self.grad_quantizer,
                  weight_grad_quantizer=self.weight_grad_quantizer)
-    h, first = x, True  # only the first binary layer sees a real input
+    h, first = ops.to_float(x), True  # only the first binary layer sees a real input
     for features, pool in self.convs:
       h = layers.BinaryConv(features, (3, 3), padding=self.padding, first_layer=first,
                             **quant)(h)

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from bnn import layers
+from bnn import layers, ops
 
 
 class MLP(nn.Module):
@@ -21,8 +21,11 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, labels=None, *, train: bool):
-    """x: (B, ...) floats in [-1, 1]. Returns logits, or (logits, loss) given labels."""
+    """x: (B, ...) uint8 pixels or floats in [-1, 1]. Returns logits, or (logits, loss)
+    given labels. The first BinaryDense reads pixels as they are (bnn.ops.pixel_dense)."""
     h = x.reshape(x.shape[0], -1)
+    if not self.hidden:
+      h = ops.to_float(h)
     quant = dict(method=self.method, grad_quantizer=self.grad_quantizer,
                  weight_grad_quantizer=self.weight_grad_quantizer)
     for i, width in enumerate(self.hidden):

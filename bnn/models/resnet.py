@@ -34,7 +34,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from bnn import layers
+from bnn import layers, ops
 
 
 class ResidualBlock(nn.Module):
@@ -86,9 +86,10 @@ class ResNetE18(nn.Module):
 
   @nn.compact
   def __call__(self, x, labels=None, *, train: bool):
-    """x: (B, H, W, 3) floats in [-1, 1]. Returns logits, or (logits, loss) given labels."""
+    """x: (B, H, W, 3) uint8 pixels or floats in [-1, 1]. Returns logits, or (logits,
+    loss) given labels."""
     h = nn.Conv(self.stem_features, (7, 7), strides=(2, 2), padding="SAME", use_bias=False,
-                kernel_init=nn.initializers.he_normal(), name="stem_conv")(x)
+                kernel_init=nn.initializers.he_normal(), name="stem_conv")(ops.to_float(x))
     h = layers.BatchNorm(self.method, self.bn_grad_quantizer, name="stem_bn")(h, train=train)
     h = layers.StemPool(self.method, self.relu, name="stem_pool")(h)
     for stage, (features, blocks) in enumerate(self.stages):

@@ -1,5 +1,5 @@
 """Functional binary ops: plain autodiff for "standard", jax.custom_vjp for "proposed"."""
-from bnn.ops.common import METHODS
+from bnn.ops.common import METHODS, to_float
 from bnn.ops.dense import binary_dense
 from bnn.ops.batch_norm import batch_norm, batch_norm_eval
 from bnn.ops.max_pool import max_pool

@@ -90,6 +90,19 @@ def tie(x: jax.Array, *deps: jax.Array) -> jax.Array:
   return jnp.where(poison, jnp.asarray(jnp.nan, x.dtype), x)
 
 
+# A pixel p's real value, float32(p) * PIXEL_SCALE + PIXEL_OFFSET, in [-1, 1].
+PIXEL_SCALE, PIXEL_OFFSET = 1 / 127.5, -1.0
+
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> [-1, 1] (p / 127.5 - 1, as the reference code scales inputs);
+  floats pass through (already scaled). Models take either; the MLP's first layer
+  reads the uint8 pixels themselves (bnn.ops.pixel_dense)."""
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) * PIXEL_SCALE + PIXEL_OFFSET
+  return images
+
+
 def binarize_weights_ste(w: jax.Array) -> jax.Array:
   """sign(clip(W, -1, 1)) with the clip STE: the standard method's weights."""
   return _STE_SIGN(w)
@@ -139,4 +152,4 @@ def materialize(x):
 
 
 __all__ = ["METHODS", "binarize_weights_ste", "check_key", "check_method", "check_not_empty",
-           "gradient_quantizer", "materialize", "proposed_weight_grad", "sign"]
+           "gradient_quantizer", "materialize", "proposed_weight_grad", "sign", "to_float"]

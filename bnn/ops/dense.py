@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 import quantizers
 from bnn.ops import common
+from bnn.ops.pixel_dense import pixel_dense
 from quantizers import ForwardQuantizer, GradientQuantizer, pack, unpack
 
 WEIGHT_QUANTIZERS = ("ste_sign", "magnitude_aware_sign")
@@ -39,7 +40,9 @@ def binary_dense(x: jax.Array, w: jax.Array, *, method: str, first_layer: bool =
                  weight_quantizer="ste_sign", key: jax.Array | None = None) -> jax.Array:
   """x: (..., n_in), w: (n_in, n_out) latent weights -> (..., n_out).
 
-  first_layer: x is real (the input batch), not +-1; it is then used as is.
+  first_layer: x is real (the input batch), not +-1; it is then used as is. A
+  first layer also takes uint8 pixels (x = to_float(pixels)): with method="proposed"
+  and the default quantizers they are read as they are (bnn.ops.pixel_dense).
   grad_quantizer: applied to dy on entry to the backward (proposed only).
   weight_grad_quantizer: maps the raw weight gradient (proposed only; default
   sign_scaled). weight_quantizer: "ste_sign" (default) or "magnitude_aware_sign"
@@ -52,6 +55,14 @@ def binary_dense(x: jax.Array, w: jax.Array, *, method: str, first_layer: bool =
   wq = common.gradient_quantizer(weight_grad_quantizer, method, "sign_scaled",
                                  "weight_grad_quantizer")
   fq = weight_quantizer_for(weight_quantizer, method, "binary_dense")
+  if x.dtype == jnp.uint8:
+    if not first_layer:
+      raise ValueError(f"binary_dense: uint8 x of shape {x.shape} with first_layer=False; "
+                       f"only a first layer takes pixels (a later layer's x is +-1 floats)")
+    if method == "proposed" and fq.name == "ste_sign" and wq.name == "sign_scaled":
+      common.check_not_empty(x, "binary_dense")
+      return pixel_dense(x, w, gq, key)
+    x = common.to_float(x)
   if method == "standard":
     return x @ fq(w).astype(x.dtype)
   common.check_not_empty(x, "binary_dense")

@@ -69,10 +69,12 @@ static void test_gemm(void) {
 
 /* Every available popcount implementation agrees with the portable one on
  * pseudo-random rows of many lengths and shapes (register-block remainders, several
- * blocks of b rows, rows past the 16-bit counters of the SIMD kernels). */
+ * blocks of b rows, sweeps of several pairs of blocks then a partial one (n = 330),
+ * rows past the 16-bit counters of the SIMD kernels). */
 static void test_popcount_impls(void) {
-  enum { MMAX = 11, NMAX = 150, WMAX = 5, KMAX = 300 };
-  static const int dims[][2] = {{3, 7}, {11, 150}, {9, 64}, {5, 33}, {1, 129}, {8, 65}};
+  enum { MMAX = 11, NMAX = 330, WMAX = 5, KMAX = 300 };
+  static const int dims[][2] = {{3, 7}, {11, 150}, {9, 64}, {5, 33}, {1, 129}, {8, 65},
+                                {7, 330}};
   static uint64_t a[MMAX * WMAX], b[NMAX * WMAX];
   static int32_t y1[MMAX * NMAX], y2[MMAX * NMAX];
   uint64_t s = UINT64_C(0x9E3779B97F4A7C15);

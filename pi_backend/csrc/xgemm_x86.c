@@ -65,6 +65,26 @@
  * their counts in the two nibbles of each byte (split by an and, a shift and an and
  * after each byte of a: 1.19). The epilogue takes about 3 us of the 27, half of it
  * the 6,400 32-byte stores.
+ * Then (2026-11-25, same CPU, each against the previous library loaded in the same
+ * process, interleaved): 27.7 -> 26.1 us in a C loop, 36.5 -> 34 us through xnor_gemm
+ * after NumPy's matmul (as bench/pi_backend.py times it, with xnor_gemm's checks 0.5 us
+ * shorter), by the epilogue of the one pass in shifts and ands instead of vpmaddwd (4%;
+ * the epilogue 3.1 -> 1.4 us with the next change) and each group of rows of a taken
+ * through all the pairs of blocks whose panel fits in 16 KiB before the next group
+ * (XG_SWEEP_BYTES; 2-5%: the outputs are written a row at a time). Longer rows
+ * (200 x 784, 1000 x 1152: the long pass, 13 and 18 KiB a pair) are unchanged, within
+ * 1%. Timed and not kept: the scalar integer pipes as a share of the work (xor + popcnt
+ * of 64-bit words for more columns of the same rows, in the same loop body, in
+ * assembly): 1, 2, 3 or 4 words per 2 bytes of a (2.1, 4.2, 6.2, 8.3% more outputs)
+ * cost 1.6, 1.9, 7 and 12.6% more time than the same loop without them, so at best 2%
+ * net before the extra layout of b and epilogue it needs: the loop is bound by its
+ * vector pipes and front end, not by its integer units. The byte loop in assembly, without GCC's register moves (no
+ * faster; with the two lookups of a byte added to its accumulator one after the other
+ * instead of added together first, 7% slower); table offsets precomputed as 16-bit
+ * values instead of a movzx and a shift (2% in isolation); 4 x 2 blocks in assembly,
+ * every vector register used (no faster per output than 3 x 2); the byte loop unrolled 4
+ * times; loops aligned to 64 bytes; the next group's output lines prefetched for
+ * writing (2% slower); sweeps within 8 or 12 KiB (slower than 16) or 24 (the same).
  */
 #include <stdlib.h>
 
@@ -227,11 +247,11 @@ __attribute__((target("avx2"))) void bnn__x86_panel_prep(int impl, const uint64_
 #define XG_ADD8(a, b) _mm512_add_epi8((a), (b))
 #define XG_ADD16(a, b) _mm512_add_epi16((a), (b))
 #define XG_ADD32(a, b) _mm512_add_epi32((a), (b))
-#define XG_MADD16(a, b) _mm512_madd_epi16((a), (b))
 #define XG_SUB32(a, b) _mm512_sub_epi32((a), (b))
 #define XG_AND(a, b) _mm512_and_si512((a), (b))
 #define XG_SRL16(a, n) _mm512_srli_epi16((a), (n))
 #define XG_SRL32(a, n) _mm512_srli_epi32((a), (n))
+#define XG_SLL32(a, n) _mm512_slli_epi32((a), (n))
 #define XG_SET16(v) _mm512_set1_epi16((short)(v))
 #define XG_SET32(v) _mm512_set1_epi32((int)(v))
 #define XG_ZERO() _mm512_setzero_si512()
@@ -278,11 +298,11 @@ __attribute__((target("avx2"))) void bnn__x86_panel_prep(int impl, const uint64_
 #undef XG_ADD8
 #undef XG_ADD16
 #undef XG_ADD32
-#undef XG_MADD16
 #undef XG_SUB32
 #undef XG_AND
 #undef XG_SRL16
 #undef XG_SRL32
+#undef XG_SLL32
 #undef XG_SET16
 #undef XG_SET32
 #undef XG_ZERO
@@ -302,11 +322,11 @@ __attribute__((target("avx2"))) void bnn__x86_panel_prep(int impl, const uint64_
 #define XG_ADD8(a, b) _mm256_add_epi8((a), (b))
 #define XG_ADD16(a, b) _mm256_add_epi16((a), (b))
 #define XG_ADD32(a, b) _mm256_add_epi32((a), (b))
-#define XG_MADD16(a, b) _mm256_madd_epi16((a), (b))
 #define XG_SUB32(a, b) _mm256_sub_epi32((a), (b))
 #define XG_AND(a, b) _mm256_and_si256((a), (b))
 #define XG_SRL16(a, n) _mm256_srli_epi16((a), (n))
 #define XG_SRL32(a, n) _mm256_srli_epi32((a), (n))
+#define XG_SLL32(a, n) _mm256_slli_epi32((a), (n))
 #define XG_SET16(v) _mm256_set1_epi16((short)(v))
 #define XG_SET32(v) _mm256_set1_epi32((int)(v))
 #define XG_ZERO() _mm256_setzero_si256()
@@ -348,7 +368,14 @@ __attribute__((target("avx2"))) void bnn__x86_panel_prep(int impl, const uint64_
 /* ---- the driver --------------------------------------------------------------------- */
 
 typedef void (*kernel_fn)(const uint8_t *const *, const uint8_t *, int64_t, int64_t, int,
-                          int64_t, void *const *, int64_t, int64_t, int64_t);
+                          int64_t, void *const *, int64_t, int64_t, int64_t, int64_t);
+
+/* The whole pairs of blocks that one kernel call sweeps for each group of rows of a, as
+ * many as fit in this many bytes of panel (L1 holds 32 KiB on the CPUs timed; the rows
+ * of a and the outputs pass through the rest): 200 x 256 . 256 x 256 on Zen 3 took 2-5%
+ * less time with its 4 pairs (16 KiB) in one sweep than with a sweep per pair, and
+ * 200 x 784 . 784 x 256 (13 KiB a pair) 1% more with all 4 at once. */
+#define XG_SWEEP_BYTES 16384
 
 /* One kernel call on nr rows of a (rows of them real; the others repeat the last real
  * row) and the panel blocks at pj (cols real columns of full), into y (row stride ldy).
@@ -368,7 +395,7 @@ static void run_block(kernel_fn fn, int nr, int rows, const uint8_t *const *arow
       rp[r] = arow[r < rows ? r : rows - 1];
       yrow[r] = direct ? (void *)(y + r * ldy) : (void *)tmp[r];
     }
-    fn(rp, pj, pstride, kb, mode, kbits, yrow, 1, 0, 0);
+    fn(rp, pj, pstride, kb, mode, kbits, yrow, 1, 0, 0, 1);
     if (!direct) {
       for (r = 0; r < rows; ++r) memcpy(y + r * ldy, tmp[r], (size_t)cols * sizeof(int32_t));
     }
@@ -381,7 +408,7 @@ static void run_block(kernel_fn fn, int nr, int rows, const uint8_t *const *arow
     for (s0 = 0; s0 < kb; s0 += XG_SUPER) {
       for (r = 0; r < nr; ++r) rp[r] = arow[r < rows ? r : rows - 1] + s0;
       fn(rp, pj + s0 * (pstride / kb), pstride, kb - s0 < XG_SUPER ? kb - s0 : XG_SUPER,
-         BNN__OUT_COUNT, 0, yrow, 1, 0, 0);
+         BNN__OUT_COUNT, 0, yrow, 1, 0, 0, 1);
       for (r = 0; r < rows; ++r) {
         for (j = 0; j < cols; ++j) total[r][j] += tmp[r][j];
       }
@@ -398,48 +425,56 @@ static void run_block(kernel_fn fn, int nr, int rows, const uint8_t *const *arow
 }
 
 /* y (m, n), row i at y + i * ldy elements (4 bytes each): see bnn__xplan_run. The panel
- * of b is swept in pairs of blocks (4 x 2 or 3 x 2 kernels) and a last
- * single block (8 x 1); on the last rows of a, blocks with their last row repeated when
- * more than half of it is real work, else one row at a time. */
+ * of b is swept in pairs of blocks (4 x 2 or 3 x 2 kernels; whole pairs several at a
+ * time, XG_SWEEP_BYTES) and a last single block (8 x 1); on the last rows of a, blocks
+ * with their last row repeated when more than half of it is real work, else one row at
+ * a time. */
 void bnn__x86_run(int impl, const uint8_t *panel, int64_t n, int64_t words,
                   const uint64_t *a, int64_t m, int mode, int64_t kbits, void *y,
                   int64_t ldy) {
   const int64_t w = lanes_of(impl), kb = words * 8, blocks = n / w + (n % w != 0);
-  const int64_t pstride = kb * 2 * w;
+  const int64_t pstride = kb * 2 * w, whole = n / w; /* whole: blocks without rows past n */
   const int wide = impl == BNN__IMPL_AVX512;
-  int64_t jb, i;
+  int64_t jb, i, q;
   for (jb = 0; jb < blocks;) {
     const int rj = blocks - jb >= 2 ? 2 : 1, ri = rj == 2 ? (wide ? 4 : 3) : 8;
     const kernel_fn block = wide ? (rj == 2 ? kernel512_4x2 : kernel512_8x1)
                                  : (rj == 2 ? kernel256_3x2 : kernel256_8x1);
     const kernel_fn single = wide ? (rj == 2 ? kernel512_1x2 : kernel512_1x1)
                                   : (rj == 2 ? kernel256_1x2 : kernel256_1x1);
-    const int64_t j0 = jb * w, cols = n - j0 < rj * w ? n - j0 : rj * w;
+    /* sets of rj blocks from jb on, all of them whole (or one set, whole or not) */
+    int64_t sets = rj == 2 ? (whole - jb) / 2 : 1;
+    if (sets > XG_SWEEP_BYTES / (rj * pstride)) sets = XG_SWEEP_BYTES / (rj * pstride);
+    if (sets < 1) sets = 1;
     i = 0;
-    if (kb <= XG_SUPER && cols == rj * w && m >= ri) { /* the whole groups: one call */
+    if (kb <= XG_SUPER && jb + rj <= whole && m >= ri) { /* the whole groups: one call */
       const uint8_t *arow[8];
       void *yrow[8];
       int r;
       for (r = 0; r < ri; ++r) {
         arow[r] = (const uint8_t *)(a + r * words);
-        yrow[r] = (int32_t *)y + r * ldy + j0;
+        yrow[r] = (int32_t *)y + r * ldy + jb * w;
       }
       i = m / ri * ri;
       block(arow, panel + jb * pstride, pstride, kb, mode, kbits, yrow, m / ri,
-            ri * words * (int64_t)sizeof(uint64_t), ri * ldy * (int64_t)sizeof(int32_t));
+            ri * words * (int64_t)sizeof(uint64_t), ri * ldy * (int64_t)sizeof(int32_t), sets);
     }
-    for (; i < m;) { /* the rows left, or every row when a block or a row is partial */
-      const int64_t left = m - i;
-      const int rows = left >= ri ? ri : (2 * left > ri ? (int)left : 1);
-      const int nr = rows == 1 ? 1 : ri;
-      const uint8_t *arow[8];
-      int r;
-      for (r = 0; r < rows; ++r) arow[r] = (const uint8_t *)(a + (i + r) * words);
-      run_block(nr == 1 ? single : block, nr, rows, arow, panel + jb * pstride, pstride, kb,
-                mode, kbits, (int32_t *)y + i * ldy + j0, ldy, cols, rj * w);
-      i += rows;
+    for (q = 0; q < sets; ++q) { /* the rows left, or every row when a block or a row is partial */
+      const int64_t j0 = (jb + q * rj) * w, cols = n - j0 < rj * w ? n - j0 : rj * w;
+      int64_t i1;
+      for (i1 = i; i1 < m;) {
+        const int64_t left = m - i1;
+        const int rows = left >= ri ? ri : (2 * left > ri ? (int)left : 1);
+        const int nr = rows == 1 ? 1 : ri;
+        const uint8_t *arow[8];
+        int r;
+        for (r = 0; r < rows; ++r) arow[r] = (const uint8_t *)(a + (i1 + r) * words);
+        run_block(nr == 1 ? single : block, nr, rows, arow, panel + (jb + q * rj) * pstride,
+                  pstride, kb, mode, kbits, (int32_t *)y + i1 * ldy + j0, ldy, cols, rj * w);
+        i1 += rows;
+      }
     }
-    jb += rj;
+    jb += rj * sets;
   }
 }
 

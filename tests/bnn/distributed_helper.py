@@ -93,7 +93,7 @@ def _flips(out, case, model, tx, initial, shape, args):
       after[n] = jax.device_get(steps[n](distributed.place(state, plan.state),
                                          b["image"], b["label"])[0])
     step_rng = jax.random.split(jnp.asarray(state.rng))[1]
-    raw = jax.device_get(grad(state.params, state.batch_stats, train.to_float(local["image"]),
+    raw = jax.device_get(grad(state.params, state.batch_stats, local["image"],
                               local["label"], step_rng))
     flipped = 0
     for path, p1 in jax.tree_util.tree_leaves_with_path(after[1].params):

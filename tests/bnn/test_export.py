@@ -73,7 +73,7 @@ class Run:
     self.state = self.fresh_state()
     for i in range(steps):
       self.state, _ = self.step(self.state, *self.batch_at(i))
-    self._apply = jax.jit(lambda v, x: model.apply(v, train.to_float(x), train=False))
+    self._apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   def fresh_state(self):
     return train.create_train_state(self.model, self.tx, jnp.zeros((1, *self.input_shape)), 0,

@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from bnn import memory, memory_report, optim
-from bnn.ops import common
+from bnn.ops import common, native
 from configs import fashion_mnist_mlp
 
 
@@ -312,3 +312,34 @@ def test_the_initial_state_does_not_depend_on_steps_per_epoch(name, state_dtype)
   for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
     assert a.dtype == b.dtype and a.shape == b.shape
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(9, 4), (784, 256), (1, 13), (300, 7), (3, 11, 2, 6)], ids=str)
+def test_square_sums_are_the_sums_of_g_squared(shape, dtype):
+  """factored_adam's statistics (one C++ pass for a 2-D kernel on the CPU, XLA's sums
+  otherwise) against float64 NumPy, over each of the two factored axes, with zeros,
+  float16 subnormals and large values in g."""
+  g = jax.random.normal(jax.random.key(0), shape) * 1e-2
+  g = g.at[(0,) * len(shape)].set(0.0).at[(-1,) * len(shape)].set(3e-7).astype(dtype)
+  d1, d0 = optim.factored_dims(shape)
+  for a0, a1 in ((d0, d1), (d1, d0)):
+    rows, cols = jax.jit(lambda g: optim._square_sums(g, a0, a1, 1e-30))(g)
+    g2 = np.asarray(g.astype(jnp.float32), np.float64) ** 2 + 1e-30
+    # float32 sums of n positive terms in order: within n * 2^-24 relative
+    np.testing.assert_allclose(rows, g2.sum(axis=a0), rtol=shape[a0] * 6e-8 + 1e-6)
+    np.testing.assert_allclose(cols, g2.sum(axis=a1), rtol=shape[a1] * 6e-8 + 1e-6)
+
+
+def test_square_sums_keep_no_float32_copy_of_g_squared():
+  """XLA's memory for the two sums of a 784 x 256 float16 gradient: none of the
+  784 KiB of float32 g^2 that jnp.sum of g^2 takes (CPU, with the native library)."""
+  if not native.available():
+    pytest.skip("no C++ compiler")
+  g = jax.ShapeDtypeStruct((784, 256), jnp.float16)
+  whole = jax.jit(lambda g: (jnp.sum(g.astype(jnp.float32) ** 2 + 1e-30, 0),
+                             jnp.sum(g.astype(jnp.float32) ** 2 + 1e-30, 1)))
+  native_sums = jax.jit(lambda g: optim._square_sums(g, 0, 1, 1e-30))
+  temp = lambda f: f.lower(g).compile().memory_analysis().temp_size_in_bytes
+  assert temp(whole) >= 784 * 256 * 4
+  assert temp(native_sums) < 64 * 1024

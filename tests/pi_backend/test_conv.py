@@ -28,6 +28,11 @@ CASES.append((3, 12, 12, 64, 130, (3, 3), 1, "SAME"))
 # per position) and calls without (K - 2 popcount written by the GEMM) in one conv
 WIDE = len(CASES)
 CASES.append((1, 3, 600, 64, 5, (3, 3), 1, "SAME"))
+# ... and 300 output channels of rows of 16 bytes (a 2 x 1 kernel of 5 channels): the
+# x86 GEMM sweeps 4 pairs of blocks per group of positions, in the counting mode that the
+# padded taps need, then a partial pair; 70 positions, a row left after the groups
+SWEEP = len(CASES)
+CASES.append((2, 5, 7, 5, 300, (2, 1), 1, "SAME"))
 
 
 def _case(i):
@@ -55,7 +60,7 @@ def test_binary_conv2d(i):
   assert K.conv_output_hw(x.shape[1:3], kernel, strides, padding) == want.shape[1:3]
 
 
-@pytest.mark.parametrize("i", [0, 2, 5, 8, BIG, WIDE])
+@pytest.mark.parametrize("i", [0, 2, 5, 8, BIG, WIDE, SWEEP])
 def test_binary_conv2d_all_popcount_impls_agree(i):
   x, wt, kernel, strides, padding, pads, st = _case(i)
   xp, wp = K.pack(x), K.pack_conv_weights(wt)

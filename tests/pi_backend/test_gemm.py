@@ -57,6 +57,32 @@ def test_xnor_gemm_register_blocks_and_long_rows(impl, m, n, k):
   np.testing.assert_array_equal(K.xnor_gemm(K.pack(a), K.pack(b), k, dtype=np.float32), want)
 
 
+@pytest.mark.parametrize("m,n,k", [(200, 256, 256), (7, 300, 200), (10, 1000, 255), (8, 450, 320),
+                                   (5, 640, 64), (13, 513, 1), (4, 1024, 129)])
+def test_xnor_gemm_sweeps_of_blocks(impl, m, n, k):
+  """The SIMD kernels take each group of rows of a through several pairs of blocks of b
+  before the next group, as many as fit in 16 KiB of panel (XG_SWEEP_BYTES in
+  xgemm_x86.c), whole pairs only; then a partial pair or a last single block, and the
+  rows left after the groups through each pair of a sweep. Here: several sweeps of 4
+  pairs (n = 1000, 1024), sweeps of 3 (k = 320: rows of 40 bytes), a partial last block
+  (n = 300, 450, 513), rows counted in one pass (k <= 256) or in chunks (k > 256), int32
+  and float32, into outputs at each of the 16 offsets of 4 bytes modulo 64."""
+  rng = np.random.default_rng(m + n + k)
+  a, b = _pm1(rng, (m, k)), _pm1(rng, (n, k))
+  b[n - 1] = -a[m - 1]  # a count at its maximum in the last block: y = -k
+  want = (a @ b.T).astype(np.int32)
+  pa, pb = K.pack(a), K.pack(b)
+  np.testing.assert_array_equal(K.xnor_gemm(pa, pb, k), want)
+  for dtype in (np.int32, np.float32):
+    buf = np.full(m * n + 32, 77, dtype)
+    for skip in range(16):  # the view's offset from buf's start (16-byte aligned)
+      out = buf[skip:skip + m * n].reshape(m, n)
+      assert K.xnor_gemm(pa, pb, k, dtype=dtype, out=out) is out
+      np.testing.assert_array_equal(out, want.astype(dtype))
+      assert np.all(buf[skip + m * n:] == 77)  # nothing written past the output
+      buf[:] = 77
+
+
 @pytest.mark.parametrize("k", [200, 249, 255, 256])
 def test_xnor_gemm_rows_at_the_byte_counters_limit(impl, k):
   """Rows of 32 bytes (k 249..256) are counted in one pass of byte counters by the SIMD

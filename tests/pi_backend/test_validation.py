@@ -137,6 +137,51 @@ def test_xnor_gemm_dtype_spellings():
     K.xnor_gemm(a, b, 70, dtype=">f4")
 
 
+def test_xnor_gemm_out_and_inputs(monkeypatch):
+  """xnor_gemm checks a given out inline (dtype, shape, C-contiguous, aligned, writable,
+  no overlap with a or b), and anything it does not pass goes through _out, which names
+  the fault; read-only inputs take that way too, and are accepted. A C error code
+  raises on the inline call as through _call."""
+  a, b = K.pack(_x(4, 70)), K.pack(-_x(3, 70))
+  want = np.full((4, 3), -70, np.int32)
+  read_only = np.array(a)
+  read_only.flags.writeable = False
+  np.testing.assert_array_equal(K.xnor_gemm(read_only, b, 70, out=np.empty((4, 3), np.int32)),
+                                want)
+  with pytest.raises(ValueError, match=r"xnor_gemm: a .* is not C-contiguous"):
+    K.xnor_gemm(np.zeros((4, 4), u64)[:, ::2], b[:, :2].copy(), 70)
+  with pytest.raises(TypeError, match=r"xnor_gemm: out has dtype int32; expected float32"):
+    K.xnor_gemm(a, b, 70, dtype=np.float32, out=np.empty((4, 3), np.int32))
+  with pytest.raises(ValueError, match=r"xnor_gemm: out has shape \(3, 4\); expected \(4, 3\)"):
+    K.xnor_gemm(a, b, 70, out=np.empty((3, 4), np.int32))
+  with pytest.raises(ValueError, match=r"xnor_gemm: out .* is not C-contiguous"):
+    K.xnor_gemm(a, b, 70, out=np.empty((3, 4), np.int32).T)
+  unaligned = np.frombuffer(bytearray(4 * 12 + 1), np.int32, 12, offset=1).reshape(4, 3)
+  with pytest.raises(ValueError, match=r"xnor_gemm: out is not aligned"):
+    K.xnor_gemm(a, b, 70, out=unaligned)
+  out = np.empty((4, 3), np.int32)
+  out.flags.writeable = False
+  with pytest.raises(ValueError, match=r"xnor_gemm: out is read-only"):
+    K.xnor_gemm(a, b, 70, out=out)
+  buf = np.zeros(16, u64)  # a (4 x 2 words), then b (3 x 2): out overlaps one, the other
+  a2, b2 = buf[:8].reshape(4, 2), buf[8:14].reshape(3, 2)
+  a2[:], b2[:] = a, b
+  with pytest.raises(ValueError, match=r"xnor_gemm: out overlaps the input a"):
+    K.xnor_gemm(a2, b2, 70, out=buf.view(np.int32)[14:26].reshape(4, 3))
+  with pytest.raises(ValueError, match=r"xnor_gemm: out overlaps the input b"):
+    K.xnor_gemm(a2, b2, 70, out=buf.view(np.int32)[20:32].reshape(4, 3))
+  out = buf.view(np.int32)[:12].reshape(4, 3)
+  with pytest.raises(ValueError, match=r"xnor_gemm: out overlaps the input a"):
+    K.xnor_gemm(a2, b2, 70, out=out)
+  K.xnor_gemm(a, b, 70)  # the C function is looked up and kept
+  monkeypatch.setitem(K._FUNCS, "bnn_xnor_gemm_i32", lambda *args: -4)
+  with pytest.raises(MemoryError, match=r"xnor_gemm: bnn_xnor_gemm_i32 could not allocate"):
+    K.xnor_gemm(a, b, 70)
+  monkeypatch.setitem(K._FUNCS, "bnn_xnor_gemm_i32", lambda *args: -1)
+  with pytest.raises(ValueError, match=r"xnor_gemm: the C kernel bnn_xnor_gemm_i32 rejected"):
+    K.xnor_gemm(a, b, 70)
+
+
 def test_bad_numbers():
   with pytest.raises(TypeError, match=r"unpack: n=True must be an int, not a bool"):
     K.unpack(np.zeros((1, 1), u64), True)
