@@ -3,7 +3,7 @@ directory), so that jitted code can call them through ``jax.ffi.ffi_call``.
 
 The library is compiled on first use with the machine's C++ compiler ($CXX, default
 ``c++``) against the headers jaxlib ships (``jax.ffi.include_dir()``), for this CPU
-(-march=native), into ``build/`` here (or $BNN_NATIVE_BUILD_DIR). Its file name
+(-march=native, or $BNN_NATIVE_MARCH), into ``build/`` here (or $BNN_NATIVE_BUILD_DIR). Its file name
 carries a hash of the sources, the flags, jaxlib's version and the CPU, so a change
 to any of them builds anew; concurrent first uses (pytest -n) each compile to a
 temporary name and rename it into place, which is atomic.
@@ -35,7 +35,13 @@ SOURCES = ("first_dense.cc", "square_sums.cc")
 TARGETS = {"bnn_first_dense_forward": "BnnFirstDenseForward",
            "bnn_first_dense_weight_grad": "BnnFirstDenseWeightGrad",
            "bnn_square_sums": "BnnSquareSums"}
-FLAGS = ("-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fPIC", "-shared")
+FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fPIC", "-shared")
+
+
+def _march() -> str:
+  """-march: $BNN_NATIVE_MARCH, default native (x86-64 builds the portable loops on x86,
+  which the tests check too)."""
+  return "-march=" + os.environ.get("BNN_NATIVE_MARCH", "native")
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib" (a loaded, registered library) or "error" (why not)
@@ -65,7 +71,7 @@ def library_path(compiler: list[str]) -> Path:
   digest = hashlib.sha256()
   for name in SOURCES:
     digest.update((SOURCE_DIR / name).read_bytes())
-  for part in (*compiler, *FLAGS, jaxlib.__version__, platform.machine(), _cpu()):
+  for part in (*compiler, *FLAGS, _march(), jaxlib.__version__, platform.machine(), _cpu()):
     digest.update(part.encode() + b"\0")
   return build_dir() / f"libbnn_ffi-{digest.hexdigest()[:16]}.so"
 
@@ -87,7 +93,7 @@ def build() -> Path:
   lib.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=lib.name + ".", suffix=".tmp", dir=lib.parent)
   os.close(fd)
-  cmd = [*cxx, *FLAGS, "-isystem", jax.ffi.include_dir(),
+  cmd = [*cxx, *FLAGS, _march(), "-isystem", jax.ffi.include_dir(),
          *(str(SOURCE_DIR / s) for s in SOURCES), "-o", tmp]
   try:
     run = subprocess.run(cmd, capture_output=True, text=True)

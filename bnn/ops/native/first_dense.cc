@@ -165,33 +165,50 @@ inline uint32_t pixels4(const uint8_t* row, int64_t k, int64_t k_dim) {
 }
 
 #ifdef BNN_AVX2
+// vpmaddubsw turns 4 pixels x 4 signs into two int16 pair sums per column (each at
+// most 2 * 255 in magnitude); they are added up as int16 for kBlock groups (at most
+// 64 * 510 < 2^15, no overflow), and only then widened to int32 (vpmaddwd): the
+// multiply unit, which both use, does half the work.
+constexpr int64_t kBlock = 64;
+
 template <int R>
 void forward_rows(const uint8_t* x, int64_t k_dim, const int8_t* s, int32_t (&acc)[kRows][kCols]) {
-  __m256i a[R][2];
-  for (int i = 0; i < R; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
   const __m256i ones = _mm256_set1_epi16(1);
+  __m256i a[R][2];
   auto step = [&](int64_t q, auto pixels) {
     __m256i s0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + q * 64));
     __m256i s1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + q * 64 + 32));
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       __m256i p = _mm256_set1_epi32(int32_t(pixels(i)));
-      a[i][0] = _mm256_add_epi32(a[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(p, s0), ones));
-      a[i][1] = _mm256_add_epi32(a[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(p, s1), ones));
+      a[i][0] = _mm256_add_epi16(a[i][0], _mm256_maddubs_epi16(p, s0));
+      a[i][1] = _mm256_add_epi16(a[i][1], _mm256_maddubs_epi16(p, s1));
     }
   };
+  auto flush = [&] {
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+      for (int h = 0; h < 2; ++h) {
+        auto* out = reinterpret_cast<__m256i*>(acc[i] + 8 * h);
+        _mm256_storeu_si256(out, _mm256_add_epi32(_mm256_loadu_si256(out),
+                                                  _mm256_madd_epi16(a[i][h], ones)));
+        a[i][h] = _mm256_setzero_si256();
+      }
+  };
+  for (int i = 0; i < R; ++i) a[i][0] = a[i][1] = _mm256_setzero_si256();
   int64_t full = k_dim / 4;  // groups of four pixels inside the row, read as words
-  for (int64_t q = 0; q < full; ++q)
-    step(q, [&](int i) {
-      uint32_t v;
-      std::memcpy(&v, x + i * k_dim + 4 * q, 4);
-      return v;
-    });
-  if (full * 4 < k_dim)
+  for (int64_t q0 = 0; q0 < full; q0 += kBlock) {
+    for (int64_t q = q0; q < std::min(full, q0 + kBlock); ++q)
+      step(q, [&](int i) {
+        uint32_t v;
+        std::memcpy(&v, x + i * k_dim + 4 * q, 4);
+        return v;
+      });
+    flush();
+  }
+  if (full * 4 < k_dim) {
     step(full, [&](int i) { return pixels4(x + i * k_dim, 4 * full, k_dim); });
-  for (int i = 0; i < R; ++i) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[i]), a[i][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc[i] + 8), a[i][1]);
+    flush();
   }
 }
 

@@ -1,4 +1,6 @@
 """Building and loading the FFI library (bnn.ops.native)."""
+import os
+import platform
 import subprocess
 import sys
 
@@ -49,3 +51,21 @@ def test_a_compiler_error_is_reported_with_its_output(monkeypatch, tmp_path):
   with pytest.raises(native.BuildError, match="failed"):
     native.build()
   assert not list(tmp_path.iterdir())  # no half-written library left behind
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the portable build is checked on x86")
+def test_the_portable_loops_pass_the_same_tests(tmp_path):
+  """The handlers built without AVX2 (-march=x86-64: the loops an ARM host runs) pass
+  the reference tests of the handlers and of the square sums, in a fresh process."""
+  env = dict(os.environ, BNN_NATIVE_MARCH="x86-64", BNN_NATIVE_BUILD_DIR=str(tmp_path),
+             JAX_PLATFORMS="cpu")
+  run = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+       "tests/bnn/ops/test_pixel_dense.py", "tests/bnn/test_optim.py", "-k",
+       "handler or square_sums"], env=env, capture_output=True, text=True)
+  assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+  assert "passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-2000:]
+  built = list(tmp_path.glob("libbnn_ffi-*.so"))
+  assert len(built) == 1
+  assert b"vpmaddubsw" not in subprocess.run(["objdump", "-d", str(built[0])],
+                                              capture_output=True).stdout
