@@ -22,7 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnn.ops import common, native
+import quantizers
 from quantizers import GradientQuantizer
+
+_SIGN_SCALED = quantizers.get("sign_scaled", "gradient")
 
 
 def pixel_dense(pixels: jax.Array, w: jax.Array, gq: GradientQuantizer,
@@ -48,10 +51,9 @@ def _forward_xla(pixels, w):
 
 
 def _weight_grad_xla(pixels, dy, w):
+  """What binary_dense computes from the float input (float16, as the handler's)."""
   raw = common.to_float(pixels).T @ dy
-  scale = jnp.asarray(np.uint16(_scale_bits(w))).view(jnp.float16)
-  return jnp.where(jnp.abs(w) <= 1, common.sign(raw).astype(jnp.float16) * scale,
-                   jnp.zeros((), jnp.float16))
+  return common.proposed_weight_grad(raw, w, _SIGN_SCALED).astype(jnp.float16)
 
 
 def _forward_native(pixels, w):

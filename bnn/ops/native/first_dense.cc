@@ -88,9 +88,20 @@ void parallel_for(ffi::ThreadPool& pool, int64_t n, const std::function<void(int
   state->cv.wait(lock, [&] { return state->done.load() == state->n; });
 }
 
+// The float32 sums of a rows x cols weight-gradient tile, in order of b.
+void grad_sums_any(const uint8_t* x, const float* lut, const float* dy, int64_t b_dim,
+                   int64_t k_dim, int64_t n_dim, int64_t k0, int64_t n0, int64_t rows,
+                   int64_t cols, float (&acc)[kRows][kCols]) {
+  for (int64_t b = 0; b < b_dim; ++b)
+    for (int64_t i = 0; i < rows; ++i) {
+      float v = lut[x[b * k_dim + k0 + i]];
+      for (int64_t j = 0; j < cols; ++j) acc[i][j] += v * dy[b * n_dim + n0 + j];
+    }
+}
+
 #ifdef BNN_AVX2
-// The float32 sums of a full 6 x 16 weight-gradient tile (FMA: each product
-// rounded once, with its sum).
+// The same for a full 6 x 16 tile in registers (FMA: each product rounded once,
+// with its sum).
 void grad_sums(const uint8_t* x, const float* lut, const float* dy, int64_t b_dim,
                int64_t k_dim, int64_t n_dim, int64_t k0, int64_t n0,
                float (&out)[kRows][kCols]) {
@@ -112,18 +123,6 @@ void grad_sums(const uint8_t* x, const float* lut, const float* dy, int64_t b_di
   for (int64_t i = 0; i < kRows; ++i) {
     _mm256_storeu_ps(out[i], acc[i][0]);
     _mm256_storeu_ps(out[i] + 8, acc[i][1]);
-  }
-}
-#else
-void grad_sums(const uint8_t* x, const float* lut, const float* dy, int64_t b_dim,
-               int64_t k_dim, int64_t n_dim, int64_t k0, int64_t n0,
-               float (&acc)[kRows][kCols]) {
-  for (int64_t b = 0; b < b_dim; ++b) {
-    const float* d = dy + b * n_dim + n0;
-    for (int64_t i = 0; i < kRows; ++i) {
-      float v = lut[x[b * k_dim + k0 + i]];
-      for (int64_t j = 0; j < kCols; ++j) acc[i][j] += v * d[j];
-    }
   }
 }
 #endif
@@ -307,15 +306,12 @@ void weight_grad(ffi::ThreadPool& pool, const uint8_t* x, const float* lut, cons
     for (int64_t k0 = 0; k0 < k_dim; k0 += kRows) {
       int64_t rows = std::min(kRows, k_dim - k0);
       float acc[kRows][kCols] = {};
-      if (rows == kRows && cols == kCols) {
+#ifdef BNN_AVX2
+      if (rows == kRows && cols == kCols)
         grad_sums(x, lut, dy, b_dim, k_dim, n_dim, k0, n0, acc);
-      } else {
-        for (int64_t b = 0; b < b_dim; ++b)
-          for (int64_t i = 0; i < rows; ++i) {
-            float v = lut[x[b * k_dim + k0 + i]];
-            for (int64_t j = 0; j < cols; ++j) acc[i][j] += v * dy[b * n_dim + n0 + j];
-          }
-      }
+      else
+#endif
+        grad_sums_any(x, lut, dy, b_dim, k_dim, n_dim, k0, n0, rows, cols, acc);
       for (int64_t i = 0; i < rows; ++i) {
         int64_t at = (k0 + i) * n_dim + n0;
 #ifdef BNN_AVX2
