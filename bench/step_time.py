@@ -1,11 +1,12 @@
 """Training-step time, standard vs proposed method, same run, same machine.
 
-    python bench/step_time.py [--models mlp cnv binarynet] [--repeats 5]
+    python bench/step_time.py [--models mlp cnv binarynet] [--repeats N]
                               [--optimizer factored_adam] [--state-dtype float16]
 
 Compiles both steps, then times them alternately (standard, proposed, standard, ...)
 so that a change in machine load hits both; reports the median of `repeats` steps
-each and the ratio. Prints the table and writes it over the last one in
+each and the ratio. Without --repeats, each model takes as many steps as fit in
+about BUDGET_S seconds, at least MIN_REPEATS (a 3 ms step's median needs hundreds). Prints the table and writes it over the last one in
 docs/step_time.md, keeping the notes below it (bench/report.py). Target (issue
 "Training memory"): proposed <= 1.15x standard for MLP, CNV and BinaryNet.
 """
@@ -27,6 +28,8 @@ import report  # noqa: E402  (bench/ is the script's directory)
 
 ROWS = {"mlp": "fashion_mnist_mlp", "cnv": "cifar10_cnv", "binarynet": "cifar10_binarynet"}
 TARGET = 1.15
+BUDGET_S = 10.0
+MIN_REPEATS = 5
 
 
 def _step_and_state(config, batch: int):
@@ -51,10 +54,20 @@ def _step_and_state(config, batch: int):
   return step, state, images, labels
 
 
-def measure(name: str, batch: int, repeats: int, optimizer: str, state_dtype: str,
-            weight_dtype: str) -> dict:
+def _time_step(run: tuple) -> tuple[float, tuple]:
+  """One step of run = (step, state, images, labels): its seconds, and run with the new
+  state."""
   import jax
 
+  step, state, images, labels = run
+  start = time.perf_counter()
+  state, metrics = step(state, images, labels)
+  jax.block_until_ready((state, metrics))
+  return time.perf_counter() - start, (step, state, images, labels)
+
+
+def measure(name: str, batch: int, repeats: int | None, optimizer: str, state_dtype: str,
+            weight_dtype: str) -> dict:
   from bnn import memory_report
 
   config = importlib.import_module(f"configs.{ROWS[name]}").get_config()
@@ -64,15 +77,19 @@ def measure(name: str, batch: int, repeats: int, optimizer: str, state_dtype: st
   runs = {m: _step_and_state(memory_report._for_method(config, m), batch)
           for m in ("standard", "proposed")}
   times = {m: [] for m in runs}
-  for _ in range(repeats):
-    for method, (step, state, images, labels) in runs.items():
-      start = time.perf_counter()
-      state, metrics = step(state, images, labels)
-      jax.block_until_ready((state, metrics))
-      times[method].append(time.perf_counter() - start)
-      runs[method] = (step, state, images, labels)
+
+  def pair():
+    for method, run in runs.items():
+      seconds, runs[method] = _time_step(run)
+      times[method].append(seconds)
+
+  pair()
+  if repeats is None:
+    repeats = max(MIN_REPEATS, int(BUDGET_S / (times["standard"][0] + times["proposed"][0])))
+  for _ in range(repeats - 1):
+    pair()
   median = {m: statistics.median(t) for m, t in times.items()}
-  return {"name": name, "batch": batch, **median,
+  return {"name": name, "batch": batch, "repeats": repeats, **median,
           "ratio": median["proposed"] / median["standard"]}
 
 
@@ -82,7 +99,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
   parser.add_argument("--batch", type=argtypes.positive_int, default=100)
-  parser.add_argument("--repeats", type=argtypes.positive_int, default=5)
+  parser.add_argument("--repeats", type=argtypes.positive_int, default=None,
+                      help=f"steps per method and model (default: about {BUDGET_S:g} s' worth, "
+                           f"at least {MIN_REPEATS})")
   parser.add_argument("--optimizer", default="default",
                       choices=["default", "adam", "factored_adam", "bop"])
   parser.add_argument("--state-dtype", default="default",
@@ -103,14 +122,15 @@ def main() -> None:
           flush=True)
   device = f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}, "\
            f"{jax.device_count()} device)"
-  lines = [f"Training-step time on {device}, median of {args.repeats} steps each, taken "
-           f"alternately; proposed method with `python bench/step_time.py --optimizer "
+  lines = [f"Training-step time on {device}, median of the given number of steps of each "
+           f"method, taken alternately; proposed method with `python bench/step_time.py --optimizer "
            f"{args.optimizer} --state-dtype {args.state_dtype} --weight-dtype "
            f"{args.weight_dtype}`", "",
-           "| model | batch | standard (ms) | proposed (ms) | proposed / standard | target <= 1.15x |",
-           "|---|---|---|---|---|---|"]
+           "| model | batch | steps | standard (ms) | proposed (ms) | proposed / standard | "
+           "target <= 1.15x |",
+           "|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['name']} | {r['batch']} | {1e3 * r['standard']:.2f} | "
+    lines.append(f"| {r['name']} | {r['batch']} | {r['repeats']} | {1e3 * r['standard']:.2f} | "
                  f"{1e3 * r['proposed']:.2f} | {r['ratio']:.2f}x | "
                  f"{'yes' if r['ratio'] <= TARGET else 'no'} |")
   table = "\n".join(lines)

@@ -12,7 +12,9 @@ DEBIAN_PACKAGES=(dataset-fashion-mnist build-essential
   gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
   qemu-user-static debootstrap
   # pi_backend's C code under valgrind and libFuzzer (clang; ASan/UBSan come with gcc)
-  valgrind clang libclang-rt-14-dev)
+  valgrind clang libclang-rt-14-dev
+  # pi_backend's AVX-512 paths tested on CPUs without AVX-512 (SIMDe's emulation)
+  libsimde-dev)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -21,13 +21,15 @@
  *     over K as the portable kernel. For the float x sign products x * (+-1) is exact, so
  *     FMA gives the portable kernel's bits; the real x^T dy (bnn_t_matmul) rounds once
  *     per multiply-add (as OpenBLAS does), a float32 rounding difference the tests allow.
- * valgrind hides AVX-512, so under valgrind the AVX2 level is the one that runs.
+ * valgrind hides AVX-512, so under valgrind the AVX2 level is the one that runs. The
+ * AVX-512 paths also run emulated, on any AVX2 CPU, in a test build (x86_intrin.h).
  */
 #include "internal.h"
 
 #if BNN_HAVE_X86_SIMD
 #include <cpuid.h>
-#include <immintrin.h>
+
+#include "x86_intrin.h"
 
 int bnn__x86_float_level(void) {
   unsigned a, b, c, d;
@@ -36,7 +38,7 @@ int bnn__x86_float_level(void) {
   if (!__builtin_cpu_supports("avx2")) return level; /* also checks the OS saves YMM */
   if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C) || !(c & bit_FMA)) return level;
   level = BNN__IMPL_AVX2;
-  if (__builtin_cpu_supports("avx512f")) level = BNN__IMPL_AVX512;
+  if (BNN_CPU_HAS_AVX512("avx512f")) level = BNN__IMPL_AVX512;
   return level;
 }
 
@@ -204,8 +206,8 @@ __attribute__((target("avx2"))) static void unpack_avx2(const uint64_t *row, int
   for (; j < n; ++j) out[j] = bnn__get_bit(row, j) ? 1.0f : -1.0f;
 }
 
-__attribute__((target("avx512f"))) static void unpack_avx512(const uint64_t *row, int64_t n,
-                                                             float *out) {
+BNN_AVX512_TARGET("avx512f") static void unpack_avx512(const uint64_t *row, int64_t n,
+                                                       float *out) {
   const __m512 one = _mm512_set1_ps(1.0f), mone = _mm512_set1_ps(-1.0f);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
@@ -227,7 +229,7 @@ void bnn__x86_unpack_row(int level, const uint64_t *row, int64_t n, float *out) 
 /* The same float32 operations per element as batchnorm.c, and the per-channel double
  * sums in the same (row) order, 16 channels at a time: bit-identical. */
 
-#define BN_ATTR __attribute__((target("avx512f")))
+#define BN_ATTR BNN_AVX512_TARGET("avx512f")
 
 static inline BN_ATTR __mmask16 tail16(int64_t left) {
   return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
@@ -559,7 +561,7 @@ __attribute__((target("avx2,fma"))) static void sg_region(
   }
 }
 
-__attribute__((target("avx512f,fma"))) static void block_4x32_avx512(
+BNN_AVX512_TARGET("avx512f,fma") static void block_4x32_avx512(
     int64_t K, const float *A, int64_t si, int64_t sp, const float *B, int64_t ldb, float *C,
     int64_t ldc, int accumulate) {
   __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,

@@ -15,12 +15,17 @@
  *   3 x86-avx2      \ pshufb table lookups on 32 / 64 rows of b at once, register
  *   4 x86-avx512bw  / blocked (xgemm_x86.c);
  * 3 and 4 are chosen at run time by __builtin_cpu_supports: the library itself is built
- * for plain x86-64 (no -m flags), each kernel has its own target attribute. The
- * default ("auto") is the fastest this CPU has: 4, 3, 2, then 1.
+ * for plain x86-64 (no -m flags), each kernel has its own target attribute (4 through
+ * x86_intrin.h, where a test build emulates AVX-512). The default ("auto") is the
+ * fastest this CPU has: 4, 3, 2, then 1.
  */
 #include <stdlib.h>
 
 #include "internal.h"
+
+#if BNN_HAVE_X86_SIMD
+#include "x86_intrin.h" /* BNN_CPU_HAS_AVX512 */
+#endif
 
 #if defined(__ARM_NEON)
 #include <arm_neon.h>
@@ -125,7 +130,7 @@ static int impl_available(int impl) {
       return __builtin_cpu_supports("avx2") ? 1 : 0;
     case BNN__IMPL_AVX512:
       __builtin_cpu_init();
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") ? 1 : 0;
+      return BNN_CPU_HAS_AVX512("avx512f") && BNN_CPU_HAS_AVX512("avx512bw") ? 1 : 0;
 #endif
     default:
       return 0;

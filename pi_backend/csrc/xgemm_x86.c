@@ -1,7 +1,8 @@
 /*
  * XNOR-popcount GEMM for x86-64 with AVX2 or AVX-512BW (selected at run time in gemm.c
  * with __builtin_cpu_supports; the library itself is built for plain x86-64, and each
- * kernel carries its own target attribute).
+ * kernel carries its own target attribute; x86_intrin.h: the AVX-512 kernels emulated in
+ * a test build, so that a CPU without AVX-512 tests them too).
  *
  * Neither instruction set has a per-lane popcount of 64-bit words (that would be
  * AVX512_VPOPCNTDQ). Instead, with pshufb as a 16-entry byte table:
@@ -91,7 +92,7 @@
 #include "internal.h"
 
 #if BNN_HAVE_X86_SIMD
-#include <immintrin.h>
+#include "x86_intrin.h"
 
 #define P4(v) (((v) & 1) + (((v) >> 1) & 1) + (((v) >> 2) & 1) + (((v) >> 3) & 1))
 #define POPX_ROW(a)                                                                      \
@@ -235,9 +236,10 @@ __attribute__((target("avx2"))) void bnn__x86_panel_prep(int impl, const uint64_
 /* ---- AVX-512BW kernels -------------------------------------------------------------- */
 
 #if defined(__clang__)
-#define XG_ATTR __attribute__((target("avx512f,avx512bw")))
+#define XG_ATTR BNN_AVX512_TARGET("avx512f,avx512bw")
 #else /* GCC: keep acc += lookup + lookup as written (fewer register moves in the loop) */
-#define XG_ATTR __attribute__((target("avx512f,avx512bw"), optimize("no-tree-reassoc")))
+#define XG_ATTR \
+  BNN_AVX512_TARGET("avx512f,avx512bw") __attribute__((optimize("no-tree-reassoc")))
 #endif
 #define XG_W 64
 #define XG_V __m512i

@@ -137,12 +137,11 @@ void grad_sums(const uint8_t* x, const float* lut, const float* dy, int64_t b_di
 // s[q][j][t] = sign(W[4q + t, n0 + j]) (0 past k_dim or the panel's last column), the
 // layout vpmaddubsw reads (4 pixels times 4 signs, summed to one int32 per column).
 
+// Groups q from q0 on, one sign at a time.
 template <typename W>
-void sign_panel(const W* w, int64_t k_dim, int64_t n_dim, int64_t n0, int64_t cols, int8_t* s,
-                int32_t* colsum) {
-  int64_t groups = (k_dim + 3) / 4;
-  for (int64_t j = 0; j < kCols; ++j) colsum[j] = 0;
-  for (int64_t q = 0; q < groups; ++q)
+void sign_groups(const W* w, int64_t k_dim, int64_t n_dim, int64_t n0, int64_t cols, int64_t q0,
+                 int8_t* s, int32_t* colsum) {
+  for (int64_t q = q0; q < (k_dim + 3) / 4; ++q)
     for (int64_t j = 0; j < kCols; ++j)
       for (int64_t t = 0; t < 4; ++t) {
         int64_t k = 4 * q + t;
@@ -150,6 +149,63 @@ void sign_panel(const W* w, int64_t k_dim, int64_t n_dim, int64_t n0, int64_t co
         s[(q * kCols + j) * 4 + t] = v;
         colsum[j] += v;
       }
+}
+
+#ifdef BNN_AVX2
+// The signs of 16 consecutive weights as 16 int8 (+1 or -1), by the rules of negative().
+inline __m128i signs16(__m256i negative_lanes) {  // 16 int16 lanes, -1 where negative
+  __m256i s = _mm256_or_si256(negative_lanes, _mm256_set1_epi16(1));
+  return _mm_packs_epi16(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+}
+inline __m128i signs16(const float* w) {
+  __m256 zero = _mm256_setzero_ps();  // !(w >= 0): negative or NaN
+  __m256i lo = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(w), zero, _CMP_NGE_UQ));
+  __m256i hi = _mm256_castps_si256(_mm256_cmp_ps(_mm256_loadu_ps(w + 8), zero, _CMP_NGE_UQ));
+  return signs16(_mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8));
+}
+template <uint16_t kInf, uint16_t kOne>
+inline __m128i signs16(const Bits16<kInf, kOne>* w) {
+  __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  __m256i sign_bit = _mm256_andnot_si256(  // set, and not -0
+      _mm256_cmpeq_epi16(h, _mm256_set1_epi16(int16_t(0x8000))), _mm256_srai_epi16(h, 15));
+  __m256i nan = _mm256_cmpgt_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
+                                   _mm256_set1_epi16(int16_t(kInf)));
+  return signs16(_mm256_or_si256(sign_bit, nan));
+}
+#endif
+
+// The signs of panel n0 (cols columns) in the forward's layout, and their column sums.
+template <typename W>
+void sign_panel(const W* w, int64_t k_dim, int64_t n_dim, int64_t n0, int64_t cols, int8_t* s,
+                int32_t* colsum) {
+  for (int64_t j = 0; j < kCols; ++j) colsum[j] = 0;
+  int64_t q = 0;
+#ifdef BNN_AVX2
+  if (cols == kCols) {
+    // Four rows of 16 signs, interleaved to s[q][j][t] (a 4 x 16 byte transpose); the
+    // column sums by vpmaddubsw and vpmaddwd with ones, one int32 per column j.
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    __m256i sums[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (; 4 * q + 4 <= k_dim; ++q) {
+      const W* row = w + 4 * q * n_dim + n0;
+      __m128i r0 = signs16(row), r1 = signs16(row + n_dim);
+      __m128i r2 = signs16(row + 2 * n_dim), r3 = signs16(row + 3 * n_dim);
+      __m128i lo01 = _mm_unpacklo_epi8(r0, r1), lo23 = _mm_unpacklo_epi8(r2, r3);
+      __m128i hi01 = _mm_unpackhi_epi8(r0, r1), hi23 = _mm_unpackhi_epi8(r2, r3);
+      __m256i half[2] = {
+          _mm256_setr_m128i(_mm_unpacklo_epi16(lo01, lo23), _mm_unpackhi_epi16(lo01, lo23)),
+          _mm256_setr_m128i(_mm_unpacklo_epi16(hi01, hi23), _mm_unpackhi_epi16(hi01, hi23))};
+      for (int h = 0; h < 2; ++h) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + q * 64 + 32 * h), half[h]);
+        sums[h] = _mm256_add_epi32(
+            sums[h], _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, half[h]), ones16));
+      }
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(colsum), sums[0]);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(colsum + 8), sums[1]);
+  }
+#endif
+  sign_groups(w, k_dim, n_dim, n0, cols, q, s, colsum);
 }
 
 // Four pixels p[k .. k + 3] of a row as one little-endian word (0 past k_dim).
