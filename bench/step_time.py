@@ -6,8 +6,9 @@
 Compiles both steps, then times them alternately (standard, proposed, standard, ...)
 so that a change in machine load hits both; reports the median of `repeats` steps
 each and the ratio. Without --repeats, each model takes as many steps as fit in
-about BUDGET_S seconds, at least MIN_REPEATS (a 3 ms step's median needs hundreds). Prints the table and writes it over the last one in
-docs/step_time.md, keeping the notes below it (bench/report.py). Target (issue
+about BUDGET_S seconds, at least MIN_REPEATS (a 3 ms step's median needs hundreds).
+Prints the table and writes it over the last one in docs/step_time.md, keeping the
+notes below it (bench/report.py). Target (issue
 "Training memory"): proposed <= 1.15x standard for MLP, CNV and BinaryNet.
 """
 from __future__ import annotations
@@ -123,8 +124,8 @@ def main() -> None:
   device = f"{jax.devices()[0].platform} ({platform.processor() or platform.machine()}, "\
            f"{jax.device_count()} device)"
   lines = [f"Training-step time on {device}, median of the given number of steps of each "
-           f"method, taken alternately; proposed method with `python bench/step_time.py --optimizer "
-           f"{args.optimizer} --state-dtype {args.state_dtype} --weight-dtype "
+           f"method, taken alternately; proposed method with `python bench/step_time.py "
+           f"--optimizer {args.optimizer} --state-dtype {args.state_dtype} --weight-dtype "
            f"{args.weight_dtype}`", "",
            "| model | batch | steps | standard (ms) | proposed (ms) | proposed / standard | "
            "target <= 1.15x |",

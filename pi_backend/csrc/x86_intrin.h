@@ -40,45 +40,42 @@
 #define BNN_AVX512_TARGET(features)
 #define BNN_CPU_HAS_AVX512(feature) 1
 
-/* Lanes of 4 (float) or 8 (double) bytes at p: those of k from memory, the others from src. */
+/* Lane i (size bytes) of src to dst where bit i of k is set; no other byte is touched. */
+static inline void bnn__emu_mask_copy(void *dst, const void *src, unsigned k, int lanes,
+                                      int size) {
+  int i;
+  for (i = 0; i < lanes; ++i) {
+    if ((k >> i) & 1) memcpy((char *)dst + size * i, (const char *)src + size * i, size);
+  }
+}
+
+/* The lanes of k from memory at p, the others from src. */
 static inline simde__m512 bnn__emu_mask_loadu_ps(simde__m512 src, simde__mmask16 k,
                                                  const void *p) {
   float v[16];
-  int i;
   simde_mm512_storeu_ps(v, src);
-  for (i = 0; i < 16; ++i) {
-    if ((k >> i) & 1) memcpy(&v[i], (const char *)p + 4 * i, 4);
-  }
+  bnn__emu_mask_copy(v, p, k, 16, 4);
   return simde_mm512_loadu_ps(v);
 }
 
 static inline simde__m512d bnn__emu_mask_loadu_pd(simde__m512d src, simde__mmask8 k,
                                                   const void *p) {
   double v[8];
-  int i;
   simde_mm512_storeu_pd(v, src);
-  for (i = 0; i < 8; ++i) {
-    if ((k >> i) & 1) memcpy(&v[i], (const char *)p + 8 * i, 8);
-  }
+  bnn__emu_mask_copy(v, p, k, 8, 8);
   return simde_mm512_loadu_pd(v);
 }
 
 static inline void bnn__emu_mask_storeu_ps(void *p, simde__mmask16 k, simde__m512 a) {
   float v[16];
-  int i;
   simde_mm512_storeu_ps(v, a);
-  for (i = 0; i < 16; ++i) {
-    if ((k >> i) & 1) memcpy((char *)p + 4 * i, &v[i], 4);
-  }
+  bnn__emu_mask_copy(p, v, k, 16, 4);
 }
 
 static inline void bnn__emu_mask_storeu_pd(void *p, simde__mmask8 k, simde__m512d a) {
   double v[8];
-  int i;
   simde_mm512_storeu_pd(v, a);
-  for (i = 0; i < 8; ++i) {
-    if ((k >> i) & 1) memcpy((char *)p + 8 * i, &v[i], 8);
-  }
+  bnn__emu_mask_copy(p, v, k, 8, 8);
 }
 
 /* float -> double is exact; int32 -> float rounds to nearest even (the default MXCSR

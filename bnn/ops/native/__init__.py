@@ -3,9 +3,9 @@ directory), so that jitted code can call them through ``jax.ffi.ffi_call``.
 
 The library is compiled on first use with the machine's C++ compiler ($CXX, default
 ``c++``) against the headers jaxlib ships (``jax.ffi.include_dir()``), for this CPU
-(-march=native, or $BNN_NATIVE_MARCH), into ``build/`` here (or $BNN_NATIVE_BUILD_DIR). Its file name
-carries a hash of the sources, the flags, jaxlib's version and the CPU, so a change
-to any of them builds anew; concurrent first uses (pytest -n) each compile to a
+(-march=native, or $BNN_NATIVE_MARCH), into ``build/`` here (or $BNN_NATIVE_BUILD_DIR).
+Its file name carries a hash of the sources, the flags, jaxlib's version and the CPU,
+so a change to any of them builds anew; concurrent first uses (pytest -n) each compile to a
 temporary name and rename it into place, which is atomic.
 
 Without a compiler ``available()`` is False and says why once (a warning): callers
@@ -42,6 +42,7 @@ def _march() -> str:
   """-march: $BNN_NATIVE_MARCH, default native (x86-64 builds the portable loops on x86,
   which the tests check too)."""
   return "-march=" + os.environ.get("BNN_NATIVE_MARCH", "native")
+
 
 _lock = threading.Lock()
 _state: dict = {}  # "lib" (a loaded, registered library) or "error" (why not)

@@ -37,6 +37,7 @@ namespace {
 
 constexpr int64_t kRows = 6;   // tile rows (b in the forward, k in the weight grad)
 constexpr int64_t kCols = 16;  // tile columns (n)
+constexpr int64_t kGroup = 4 * kCols;  // bytes of signs per group of four k (forward)
 
 // A 16-bit float by its bits: float16 (Inf 0x7c00, 1.0 0x3c00) or bfloat16
 // (0x7f80, 0x3f80).
@@ -196,7 +197,7 @@ void sign_panel(const W* w, int64_t k_dim, int64_t n_dim, int64_t n0, int64_t co
           _mm256_setr_m128i(_mm_unpacklo_epi16(lo01, lo23), _mm_unpackhi_epi16(lo01, lo23)),
           _mm256_setr_m128i(_mm_unpacklo_epi16(hi01, hi23), _mm_unpackhi_epi16(hi01, hi23))};
       for (int h = 0; h < 2; ++h) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + q * 64 + 32 * h), half[h]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(s + q * kGroup + 32 * h), half[h]);
         sums[h] = _mm256_add_epi32(
             sums[h], _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, half[h]), ones16));
       }
@@ -231,8 +232,8 @@ void forward_rows(const uint8_t* x, int64_t k_dim, const int8_t* s, int32_t (&ac
   const __m256i ones = _mm256_set1_epi16(1);
   __m256i a[R][2];
   auto step = [&](int64_t q, auto pixels) {
-    __m256i s0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + q * 64));
-    __m256i s1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + q * 64 + 32));
+    __m256i s0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + q * kGroup));
+    __m256i s1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + q * kGroup + 32));
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       __m256i p = _mm256_set1_epi32(int32_t(pixels(i)));
