@@ -16,9 +16,10 @@
  *   - the AVX-512 functions have no target attribute (GCC could vectorize their code
  *     with real AVX-512 instructions: SIGILL);
  *   - the CPU "has" AVX-512F and AVX-512BW.
- * SIMDe 0.7.4 lacks eight of the intrinsics used: they are defined below, one lane at a
- * time; the masked loads and stores touch no memory of a lane outside the mask, as the
- * instructions do not (their fault suppression is what the tail code relies on).
+ * SIMDe 0.7.4 lacks eight of the intrinsics used: they are defined below, the two
+ * conversions from SIMDe's 256-bit ones, the masked ones one lane at a time. The masked
+ * loads and stores touch no memory of a lane outside the mask, as the instructions do
+ * not (their fault suppression is what the tail code relies on).
  */
 #ifndef BNNPI_X86_INTRIN_H
 #define BNNPI_X86_INTRIN_H
@@ -78,24 +79,15 @@ static inline void bnn__emu_mask_storeu_pd(void *p, simde__mmask8 k, simde__m512
   bnn__emu_mask_copy(p, v, k, 8, 8);
 }
 
-/* float -> double is exact; int32 -> float rounds to nearest even (the default MXCSR
- * rounding that vcvtdq2ps uses, and C's conversion). */
+/* The two conversions, as two 256-bit halves SIMDe has. */
 static inline simde__m512d bnn__emu_cvtps_pd(simde__m256 a) {
-  float f[8];
-  double d[8];
-  int i;
-  simde_mm256_storeu_ps(f, a);
-  for (i = 0; i < 8; ++i) d[i] = (double)f[i];
-  return simde_mm512_loadu_pd(d);
+  simde__m512d low = simde_mm512_castpd256_pd512(simde_mm256_cvtps_pd(simde_mm256_castps256_ps128(a)));
+  return simde_mm512_insertf64x4(low, simde_mm256_cvtps_pd(simde_mm256_extractf128_ps(a, 1)), 1);
 }
 
 static inline simde__m512 bnn__emu_cvtepi32_ps(simde__m512i a) {
-  int32_t x[16];
-  float f[16];
-  int i;
-  simde_mm512_storeu_si512(x, a);
-  for (i = 0; i < 16; ++i) f[i] = (float)x[i];
-  return simde_mm512_loadu_ps(f);
+  simde__m512 low = simde_mm512_castps256_ps512(simde_mm256_cvtepi32_ps(simde_mm512_castsi512_si256(a)));
+  return simde_mm512_insertf32x8(low, simde_mm256_cvtepi32_ps(simde_mm512_extracti64x4_epi64(a, 1)), 1);
 }
 
 /* #undef first: a later SIMDe may have them, as full-width loads or stores */
