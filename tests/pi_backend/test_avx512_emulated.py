@@ -15,23 +15,19 @@ the plain suite, and this still runs. scripts/setup.sh installs libsimde-dev; wi
 these tests FAIL when run as root (CI) and skip otherwise.
 """
 import os
-import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from pi_backend import _lib
 from pi_backend import kernels as K
+from tests.pi_backend import suite_run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = suite_run.REPO
 PKG = REPO / "pi_backend"
 BUILD = PKG / "build" / "test-avx512-emulated"
-# not run against the emulated build: ARM (qemu), builds of their own, JAX, and this one
-SKIP_MODULES = {"test_arm.py", "test_sanitizers.py", "test_build_and_isolation.py",
-                "test_parity_with_jax.py", "test_avx512_emulated.py"}
 
 
 def _require_simde():
@@ -165,16 +161,11 @@ def test_random_shapes_match_portable():
 @pytest.mark.slow  # 13-18 s alone on 2 cores, more beside other tests
 def test_python_suite_against_emulated_avx512(tmp_path):
   _build()
-  modules = sorted(p.name for p in (REPO / "tests" / "pi_backend").glob("test_*.py")
-                   if p.name not in SKIP_MODULES)
-  assert {"test_gemm.py", "test_float_impls.py", "test_conv.py", "test_batch_norm.py"} <= set(modules)
+  assert {"test_gemm.py", "test_float_impls.py", "test_conv.py", "test_batch_norm.py"} <= \
+      set(suite_run.modules())
   # the library's impls against /proc/cpuinfo: emulated AVX-512 is not in it
   cpuinfo = "tests/pi_backend/test_gemm.py::test_popcount_impls_match_cpuinfo"
-  rc, out = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o",
-                  "addopts=", "-rs", "--basetemp", str(tmp_path / "basetemp"),
-                  "--deselect", cpuinfo, *[f"tests/pi_backend/{m}" for m in modules]],
-                 timeout=1500)
+  rc, out = _run(suite_run.command(tmp_path / "basetemp", "--deselect", cpuinfo), timeout=1500)
   assert rc == 0, out[-6000:]
   assert "no x86-avx512bw popcount" not in out, out[-3000:]  # test_gemm.py's impl skips
-  passed = re.search(r"(\d+) passed", out)
-  assert passed and int(passed.group(1)) >= 800, out[-3000:]
+  assert suite_run.passed(out) >= 800, out[-3000:]

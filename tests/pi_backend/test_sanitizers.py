@@ -26,11 +26,10 @@ import pytest
 
 from pi_backend import _lib
 from pi_backend import kernels as K
+from tests.pi_backend import suite_run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = suite_run.REPO
 PKG = REPO / "pi_backend"
-SKIP_MODULES = {"test_arm.py", "test_sanitizers.py", "test_build_and_isolation.py",
-                "test_parity_with_jax.py", "test_avx512_emulated.py"}
 REPORT = re.compile(r"AddressSanitizer|LeakSanitizer|runtime error:|UndefinedBehaviorSanitizer")
 
 
@@ -111,23 +110,18 @@ def test_c_tests_and_a_training_step_under_asan_ubsan(tmp_path):
 @pytest.mark.slow
 def test_python_suite_under_asan_ubsan(tmp_path):
   lib = _asan_build() / "libbnnpi.so"
-  modules = sorted(p.name for p in (REPO / "tests" / "pi_backend").glob("test_*.py")
-                   if p.name not in SKIP_MODULES)
-  assert {"test_gemm.py", "test_conv.py", "test_batch_norm.py", "test_po2.py"} <= set(modules)
+  assert {"test_gemm.py", "test_conv.py", "test_batch_norm.py", "test_po2.py"} <= \
+      set(suite_run.modules())
   logs = tmp_path / "logs"
   env = _sanitizer_env(logs, PI_BACKEND_LIB=str(lib), LD_PRELOAD=str(_libasan()),
                        PYTHONDONTWRITEBYTECODE="1")
-  cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-         "-rs", "--basetemp", str(tmp_path / "basetemp"),
-         *[f"tests/pi_backend/{m}" for m in modules]]
-  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+  proc = subprocess.run(suite_run.command(tmp_path / "basetemp"), cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
                         check=False)
   out = proc.stdout + proc.stderr
   assert proc.returncode == 0, f"{out[-6000:]}\n{_reports(logs)[-6000:]}"
   assert not list(logs.iterdir()), _reports(logs)[-8000:]
   assert not REPORT.search(out), out[-6000:]
-  passed = re.search(r"(\d+) passed", out)
-  assert passed and int(passed.group(1)) >= 300, out[-3000:]
+  assert suite_run.passed(out) >= 300, out[-3000:]
 
 
 CANARY = """
